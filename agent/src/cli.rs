@@ -1,8 +1,15 @@
 //! Command-line arguments and the dispatch to subcommands.
 
-use anyhow::Context as _;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+use kouan_agent::keys::{self, Algorithm, PublicKey, SigningKey};
+use kouan_agent::store::{self, Store};
+use kouan_agent::verify;
 
 /// Edge agent for import/export quality-monitoring points.
 ///
@@ -30,7 +37,78 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Generate a signing key (PKCS#8 PEM, mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the private key; an existing file is never overwritten.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Signature algorithm.
+        #[arg(long, value_enum, default_value = "ed25519")]
+        alg: Algorithm,
+    },
+    /// Inspect keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Verify a file of records: signatures, seq continuity and the prev chain.
+    ///
+    /// The file is a CBOR sequence of signed records, as `kouan store export`
+    /// writes. Every problem is reported; the exit status is 1 if there is any.
+    Verify {
+        /// Public key file (SPKI PEM, as `kouan key show` prints); repeat for
+        /// records signed by several keys.
+        #[arg(long = "key", value_name = "PUBKEY", required = true)]
+        keys: Vec<PathBuf>,
+        /// The records, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Inspect and export the record store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Tools for tests and benchmarks.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: crate::debug::DebugCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a key's public key (raw hex and SPKI PEM) and key id.
+    ///
+    /// PATH may be a private key (whose permissions are checked) or a public key.
+    Show {
+        /// The key file.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// What the store holds: records, bytes, the chain head, the oldest record.
+    Stats {
+        /// The store database.
+        #[arg(long, value_name = "PATH")]
+        store: PathBuf,
+    },
+    /// Export signed records as a CBOR sequence, to carry to the platform by hand.
+    Export {
+        /// The store database.
+        #[arg(long, value_name = "PATH")]
+        store: PathBuf,
+        /// First seq to export; the oldest stored record by default.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        /// Output file, or `-` for standard output.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
 
 /// Logs go to stderr, so that stdout stays clean for command output.
 pub fn init_tracing(global: &GlobalArgs) -> anyhow::Result<()> {
@@ -47,16 +125,202 @@ pub fn init_tracing(global: &GlobalArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Runs a subcommand; `Ok(false)` means it ran but found problems.
+pub fn run(args: Args) -> anyhow::Result<bool> {
     match args.command {
         None => {
             use clap::CommandFactory;
             Args::command().print_help()?;
-            Ok(())
+            Ok(true)
         }
+        Some(Command::Keygen { out, alg }) => keygen(&out, alg).map(|()| true),
+        Some(Command::Key {
+            command: KeyCommand::Show { path },
+        }) => key_show(&path).map(|()| true),
+        Some(Command::Verify { keys, file }) => verify_file(&keys, &file),
+        Some(Command::Store {
+            command: StoreCommand::Stats { store },
+        }) => store_stats(&store).map(|()| true),
+        Some(Command::Store {
+            command: StoreCommand::Export { store, from, out },
+        }) => store_export(&store, from, &out).map(|()| true),
+        Some(Command::Debug { command }) => crate::debug::run(command).map(|()| true),
     }
+}
+
+fn keygen(out: &Path, alg: Algorithm) -> anyhow::Result<()> {
+    let pkcs8 = keys::generate(alg)?;
+    keys::write_private_key(out, &pkcs8)?;
+    let key = SigningKey::from_pkcs8(&pkcs8)
+        .map_err(|reason| anyhow::anyhow!("reading back the new key: {reason}"))?;
+    eprintln!("wrote {alg} private key to {} (mode 0600)", out.display());
+    print_public(key.public_key());
+    Ok(())
+}
+
+fn key_show(path: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let public = if bytes.starts_with(b"-----BEGIN PUBLIC KEY-----") {
+        PublicKey::load(path)?
+    } else {
+        SigningKey::load(path)?.public_key().clone()
+    };
+    print_public(&public);
+    Ok(())
+}
+
+fn print_public(public: &PublicKey) {
+    println!("algorithm  {}", public.alg());
+    println!("key id     {}", hex::encode(public.key_id()));
+    println!("public     {}", hex::encode(public.raw()));
+    print!("{}", public.spki_pem());
+}
+
+fn verify_file(key_paths: &[PathBuf], file: &Path) -> anyhow::Result<bool> {
+    let keys = key_paths
+        .iter()
+        .map(|path| PublicKey::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut data = Vec::new();
+    let source = if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("reading records from standard input")?;
+        "standard input".to_owned()
+    } else {
+        data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        file.display().to_string()
+    };
+
+    let report = verify::verify_sequence(&data, &keys);
+    for problem in &report.problems {
+        println!("FAIL {problem}");
+    }
+    let range = match (report.first, report.last) {
+        (Some(first), Some(last)) => format!("seq {first} to {last}"),
+        _ => "no seqs".to_owned(),
+    };
+    let head = report.head.map(hex::encode).unwrap_or_else(|| "-".into());
+    if report.ok() {
+        println!(
+            "ok: {} records from {source} verify ({range}); head {head}",
+            report.records
+        );
+    } else {
+        println!(
+            "{} problems in {} records from {source} ({} verified, {range})",
+            report.problems.len(),
+            report.records,
+            report.verified
+        );
+    }
+    Ok(report.ok())
+}
+
+fn store_stats(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        bail!(
+            "no store at {}: check the path (the agent creates it on first start)",
+            path.display()
+        );
+    }
+    let store = Store::open_read_only(path)?;
+    let stats = store.stats()?;
+    println!("store      {}", path.display());
+    match store.head() {
+        Some(head) => {
+            println!("stream     {}", hex::encode(head.stream));
+            println!("head       seq {} ({})", head.seq, hex::encode(head.hash));
+        }
+        None => println!("stream     none yet"),
+    }
+    match stats.first {
+        Some(first) => println!(
+            "records    {} (seq {first} to {})",
+            stats.records,
+            first + stats.records - 1
+        ),
+        None => println!("records    0 (everything delivered)"),
+    }
+    println!("bytes      {}", stats.bytes);
+    if let Some(ms) = stats.oldest_captured_ms {
+        let age_s = (kouan_agent::clock::unix_ms() - ms).max(0) / 1000;
+        println!(
+            "oldest     captured {} ({} ago)",
+            store::utc_stamp(ms),
+            human_duration(age_s)
+        );
+    }
+    Ok(())
+}
+
+fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} days {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn store_export(path: &Path, from: Option<u64>, out: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        bail!("no store at {}: check the path", path.display());
+    }
+    let store = Store::open_read_only(path)?;
+    let stats = store.stats()?;
+    let from = from.or(stats.first).unwrap_or(0);
+    let to_stdout = out == Path::new("-");
+    let mut sink: Box<dyn std::io::Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(out)
+            .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+
+    // Page through the store so that memory stays flat whatever the backlog.
+    let mut next = from;
+    let mut count = 0u64;
+    let mut last = None;
+    loop {
+        let page = store.read_from(next, 1024)?;
+        let Some(tail) = page.last() else { break };
+        next = tail.seq + 1;
+        for record in &page {
+            sink.write_all(&record.bytes)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        count += page.len() as u64;
+        last = Some(next - 1);
+    }
+    sink.flush()
+        .with_context(|| format!("writing {}", out.display()))?;
+    drop(sink);
+    if !to_stdout {
+        std::fs::File::open(out)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", out.display()))?;
+        keys::sync_parent_dir(out)
+            .with_context(|| format!("syncing the directory of {}", out.display()))?;
+    }
+    match last {
+        Some(last) => eprintln!(
+            "exported {count} records (seq {from} to {last}) to {}",
+            out.display()
+        ),
+        None => eprintln!(
+            "no records from seq {from} on; wrote an empty file {}",
+            out.display()
+        ),
+    }
+    Ok(())
 }

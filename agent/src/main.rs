@@ -8,12 +8,14 @@
 use clap::Parser;
 
 mod cli;
+mod debug;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
     let outcome = cli::init_tracing(&args.global).and_then(|()| cli::run(args));
     match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(error) => {
             // The chain of contexts names what failed and where; print all of it.
             eprintln!("kouan: {error:#}");
