@@ -6,8 +6,12 @@
 //! allocator and builds for the host, where its logic is tested, and for
 //! Cortex-M (`thumbv7m-none-eabi`, `thumbv7em-none-eabihf`).
 //!
-//! For now it holds the [`Link`]: the node's end of the node link, which
-//! frames outgoing messages and decodes the agent's.
+//! It holds the [`Link`], the node's end of the node link, which frames
+//! outgoing messages and decodes the agent's, and the [`drivers`] for the
+//! node's sensors: an SHT3x for temperature and humidity, a Geiger-Müller
+//! pulse counter for dose rate, and an ADS1115 ADC with a two-point
+//! calibration for gas sensors. The drivers take embedded-hal 1.0 traits,
+//! so board code only wires up the peripherals.
 //!
 //! ```
 //! use kouan_firmware::Link;
@@ -27,6 +31,11 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod drivers;
 
 use kouan_protocol::{AgentMsg, Decoder, EncodeError, Feed, NodeMsg, frame};
 
