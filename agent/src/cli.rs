@@ -96,6 +96,16 @@ pub enum StoreCommand {
         #[arg(long, value_name = "PATH")]
         store: PathBuf,
     },
+    /// Check the whole store: SQLite integrity, every record's hash and chain
+    /// link, and with --key every signature. Exit status 1 if it is damaged.
+    Check {
+        /// The store database.
+        #[arg(long, value_name = "PATH")]
+        store: PathBuf,
+        /// The agent's public key, to verify every signature too.
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<PathBuf>,
+    },
     /// Export signed records as a CBOR sequence, to carry to the platform by hand.
     Export {
         /// The store database.
@@ -146,6 +156,9 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         Some(Command::Store {
             command: StoreCommand::Stats { store },
         }) => store_stats(&store).map(|()| true),
+        Some(Command::Store {
+            command: StoreCommand::Check { store, key },
+        }) => store_check(&store, key.as_deref()),
         Some(Command::Store {
             command: StoreCommand::Export { store, from, out },
         }) => store_export(&store, from, &out).map(|()| true),
@@ -257,6 +270,35 @@ fn store_stats(path: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn store_check(path: &Path, key: Option<&Path>) -> anyhow::Result<bool> {
+    if !path.exists() {
+        bail!("no store at {}: check the path", path.display());
+    }
+    let keys = key.map(PublicKey::load).transpose()?;
+    let keys = keys.as_slice();
+    match Store::check_all(path, keys) {
+        Ok(store) => {
+            let stats = store.stats()?;
+            let signatures = if keys.is_empty() {
+                "signatures not checked (no --key)"
+            } else {
+                "every signature verifies"
+            };
+            println!(
+                "ok: store {}: {} records, hashes and chain links check, {signatures}",
+                path.display(),
+                stats.records
+            );
+            Ok(true)
+        }
+        Err(store::StoreError::Damaged { damage, .. }) => {
+            println!("DAMAGED: store {}: {damage}", path.display());
+            Ok(false)
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 fn human_duration(secs: i64) -> String {

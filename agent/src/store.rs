@@ -651,8 +651,24 @@ impl Store {
         Ok(())
     }
 
+    /// Opens a store read-only and checks all of it, every signature
+    /// included when `keys` are given: the thorough check of
+    /// `kouan store check`. Returns the first damage found as an error.
+    pub fn check_all(path: &Path, keys: &[PublicKey]) -> Result<Store, StoreError> {
+        let store = Store::open_read_only(path)?;
+        store.quick_check()?;
+        store.check_records(keys, u64::MAX)?;
+        Ok(store)
+    }
+
     fn check(&mut self, keys: &[PublicKey]) -> Result<(), StoreError> {
         self.check_layout()?;
+        self.quick_check()?;
+        self.load_chain()?;
+        self.check_records(keys, SIGNATURE_CHECK_DEPTH)
+    }
+
+    fn quick_check(&self) -> Result<(), StoreError> {
         let path = self.path.clone();
         let problems: Vec<String> = {
             let mut query = self
@@ -667,14 +683,16 @@ impl Store {
         if problems != ["ok"] {
             return Err(damaged(&path, Damage::Corrupt(problems.join("; "))));
         }
-        self.load_chain()?;
-        self.check_records(keys)
+        Ok(())
     }
 
     /// Walks every stored record: hashes, links, contiguity; signatures of the newest.
-    fn check_records(&self, keys: &[PublicKey]) -> Result<(), StoreError> {
+    fn check_records(&self, keys: &[PublicKey], signature_depth: u64) -> Result<(), StoreError> {
         let path = &self.path;
-        let stats = self.stats()?;
+        let stats = self.stats().map_err(|e| match e {
+            StoreError::Sqlite { source, .. } => damaged(path, Damage::Corrupt(source.to_string())),
+            other => other,
+        })?;
         let (Some(first), Some(head)) = (stats.first, self.head) else {
             if stats.records > 0 && self.head.is_none() {
                 let why = "records are stored but the chain has no head";
@@ -694,7 +712,7 @@ impl Store {
         let mut expected = first;
         let mut prev_hash: Option<Hash> = None;
         let mut total = 0u64;
-        let verify_from = head.seq.saturating_sub(SIGNATURE_CHECK_DEPTH - 1);
+        let verify_from = head.seq.saturating_sub(signature_depth.saturating_sub(1));
         loop {
             let page = match self.read_from(expected, 1024) {
                 Ok(page) => page,
@@ -719,9 +737,18 @@ impl Store {
                     record::parse_unverified(&r.bytes).map(|(_, p)| p)
                 }
                 .map_err(|e| invalid(e.to_string()))?;
-                if payload.seq != r.seq || payload.stream.as_slice() != head.stream {
+                // The columns beside the bytes route records (topic, priority);
+                // they must say what the signed payload says.
+                let columns_agree = payload.seq == r.seq
+                    && payload.stream.as_slice() == head.stream
+                    && payload.kind.as_str() == r.kind
+                    && payload.instrument == r.instrument
+                    && payload.time.ms == r.captured_ms;
+                if !columns_agree {
                     return Err(invalid(
-                        "seq or stream differs from where it is stored".into(),
+                        "seq, stream, kind, instrument or capture time differs from the \
+                         columns it is stored under"
+                            .into(),
                     ));
                 }
                 if let Some(prev) = prev_hash
