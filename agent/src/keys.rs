@@ -158,7 +158,7 @@ pub fn write_private_key(path: &Path, pkcs8: &[u8]) -> Result<(), KeyError> {
             source,
         }
     };
-    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8));
+    let pem = pem_lf(&pem::Pem::new("PRIVATE KEY", pkcs8));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -330,7 +330,7 @@ impl PublicKey {
 
     /// SubjectPublicKeyInfo PEM.
     pub fn spki_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
+        pem_lf(&pem::Pem::new("PUBLIC KEY", self.spki_der()))
     }
 
     /// Whether `sig` is this key's signature of `message`.
@@ -343,6 +343,14 @@ impl PublicKey {
             .verify(message, sig)
             .is_ok()
     }
+}
+
+/// PEM with Unix line endings (the pem crate defaults to CRLF).
+fn pem_lf(block: &pem::Pem) -> String {
+    pem::encode_config(
+        block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// The DER inside a PEM block with the given label, or the bytes themselves

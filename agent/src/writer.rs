@@ -172,6 +172,9 @@ impl Writer {
         let mut chain = Chain::new(store, key, config)?;
         if chain.head.is_none() {
             chain.genesis(opened)?;
+        } else {
+            // A restart: state the head at once, and count N records from here.
+            chain.resume()?;
         }
         let (tx, rx) = mpsc::channel(chain.config.queue.max(1));
         let thread = std::thread::Builder::new()
@@ -323,6 +326,33 @@ impl Chain {
         Ok(())
     }
 
+    /// Writes a checkpoint when the agent resumes an existing chain.
+    fn resume(&mut self) -> Result<(), StartError> {
+        let head = self
+            .head
+            .ok_or_else(|| StartError::Thread("no chain head".into()))?;
+        let mut batch = Batch {
+            stream: head.stream,
+            next_seq: head.seq + 1,
+            prev: head.hash,
+            records: Vec::with_capacity(1),
+            bytes: 0,
+            evict_through: None,
+            evicted_bytes: 0,
+            evict_next: None,
+        };
+        self.checkpoint(&mut batch)
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        self.store.append(&batch.records, head.stream, None)?;
+        self.head = self.store.head();
+        tracing::info!(
+            stream = %hex::encode(head.stream),
+            head = head.seq + 1,
+            "resumed the record stream"
+        );
+        Ok(())
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         // A private clock-only runtime lets this thread wait on the channel
         // with a timeout for the next time-based checkpoint.
@@ -401,12 +431,17 @@ impl Chain {
                 Ok(seq) => waiting.push((seq, reply)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
+                    continue;
                 }
             }
+            if self.since_checkpoint >= self.config.checkpoint_every
+                && let Err(error) = self.checkpoint(&mut batch)
+            {
+                tracing::warn!(%error, "could not sign a checkpoint; will retry");
+            }
         }
-        let due = self.since_checkpoint >= self.config.checkpoint_every
-            || (self.since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval);
+        let due = self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
         if due {
             if let Err(error) = self.checkpoint(&mut batch) {
                 tracing::warn!(%error, "could not sign a checkpoint; will retry");
