@@ -2,12 +2,16 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use kouan_agent::config::{Config, TlsSection};
 use kouan_agent::keys::{self, Algorithm, PublicKey, SigningKey};
+use kouan_agent::receive::ReceiveConfig;
+use kouan_agent::run::RunOptions;
 use kouan_agent::store::{self, Store};
 use kouan_agent::verify;
 
@@ -38,6 +42,20 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: read instruments, sign and store readings, send them.
+    Run {
+        /// The configuration file.
+        #[arg(long, value_name = "PATH", default_value = "/etc/kouan/kouan.toml")]
+        config: PathBuf,
+        /// Feed this many synthetic readings (tests and demos).
+        #[arg(long, hide = true, default_value_t = 0)]
+        simulate_readings: u64,
+    },
+    /// The platform side: receive, verify, store and acknowledge records.
+    ///
+    /// A reference implementation for platform teams and a test peer
+    /// (docs/platform.md). Prints one line per event on stdout.
+    Receive(Box<ReceiveArgs>),
     /// Generate a signing key (PKCS#8 PEM, mode 0600) and print its public key.
     Keygen {
         /// Where to write the private key; an existing file is never overwritten.
@@ -75,6 +93,49 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::debug::DebugCommand,
     },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ReceiveArgs {
+    /// Broker host (as in its certificate).
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 8883)]
+    pub port: u16,
+    /// CA certificate of the broker (PEM).
+    #[arg(long, value_name = "PATH", requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// The platform's client certificate (PEM; CN `platform`).
+    #[arg(long, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// Connect without TLS (a broker on this machine only).
+    #[arg(long, conflicts_with = "ca")]
+    pub plain_tcp: bool,
+    /// MQTT client id; the session persists, so the broker queues while away.
+    #[arg(long, default_value = "platform")]
+    pub client_id: String,
+    /// Directory of agents' public keys, `NODE.pub` each.
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: PathBuf,
+    /// The platform's private signing key (acks and commands).
+    #[arg(long, value_name = "PATH")]
+    pub platform_key: PathBuf,
+    /// Database of accepted records.
+    #[arg(long, value_name = "PATH")]
+    pub store: PathBuf,
+    /// Publish this host id's online state.
+    #[arg(long, value_name = "ID")]
+    pub host_id: Option<String>,
+    /// Milliseconds between ack publications.
+    #[arg(long, default_value_t = 200)]
+    pub ack_interval_ms: u64,
+    /// Milliseconds a hole may stay open before a replay is asked.
+    #[arg(long, default_value_t = 3000)]
+    pub replay_after_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +209,11 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             Args::command().print_help()?;
             Ok(true)
         }
+        Some(Command::Run {
+            config,
+            simulate_readings,
+        }) => run_agent(&config, simulate_readings).map(|()| true),
+        Some(Command::Receive(args)) => receive(*args).map(|()| true),
         Some(Command::Keygen { out, alg }) => keygen(&out, alg).map(|()| true),
         Some(Command::Key {
             command: KeyCommand::Show { path },
@@ -164,6 +230,53 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         }) => store_export(&store, from, &out).map(|()| true),
         Some(Command::Debug { command }) => crate::debug::run(command).map(|()| true),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_agent(config: &Path, simulate_readings: u64) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let options = RunOptions { simulate_readings };
+    runtime()?.block_on(kouan_agent::run::run(config, options))
+}
+
+fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
+    let tls = match (args.ca, args.cert, args.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsSection { ca, cert, key }),
+        (None, None, None) if args.plain_tcp => None,
+        _ => bail!("give --ca, --cert and --key for TLS, or --plain-tcp for a local broker"),
+    };
+    let config = ReceiveConfig {
+        host: args.host,
+        port: args.port,
+        tls,
+        client_id: args.client_id,
+        keys_dir: args.keys_dir,
+        platform_key: args.platform_key,
+        store: args.store,
+        host_id: args.host_id,
+        ack_interval: Duration::from_millis(args.ack_interval_ms.max(10)),
+        replay_after: Duration::from_millis(args.replay_after_ms.max(100)),
+    };
+    runtime()?.block_on(async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut receiver = tokio::spawn(kouan_agent::receive::run(config, stopped));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            outcome = &mut receiver => return outcome.context("the receiver task failed")?,
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        // Let it commit, publish its last acks and go offline.
+        stop.send_replace(true);
+        receiver.await.context("the receiver task failed")?
+    })
 }
 
 fn keygen(out: &Path, alg: Algorithm) -> anyhow::Result<()> {

@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use serde_bytes::ByteBuf;
 
-use kouan_agent::clock::CaptureTime;
 use kouan_agent::keys::SigningKey;
-use kouan_agent::record::{self, Kind, MeasuredValue, Measurement, ReadingBody};
 use kouan_agent::store::{Opened, Store};
-use kouan_agent::writer::{AppendError, Entry, FullPolicy, Writer, WriterConfig};
+use kouan_agent::writer::{AppendError, FullPolicy, Writer, WriterConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
@@ -112,7 +109,7 @@ async fn append_all(
     loop {
         while tasks.len() < concurrency && (count == 0 || submitted < count) {
             let writer = writer.clone();
-            let entry = reading(submitted, raw_size)?;
+            let entry = kouan_agent::run::synthetic_reading(submitted, raw_size)?;
             tasks.spawn(async move { writer.append(entry).await });
             submitted += 1;
         }
@@ -140,27 +137,4 @@ async fn append_all(
         eprintln!("{refused} readings refused");
     }
     Ok(())
-}
-
-fn reading(n: u64, raw_size: usize) -> anyhow::Result<Entry> {
-    let raw: Vec<u8> = (0..raw_size)
-        .map(|i| b'0' + ((n as usize + i) % 10) as u8)
-        .collect();
-    let body = ReadingBody {
-        values: vec![Measurement {
-            name: "mass".into(),
-            value: MeasuredValue::Number(n as f64 / 100.0),
-            unit: Some("g".into()),
-            flags: vec![],
-        }],
-        raw: ByteBuf::from(raw),
-        sample: Some(format!("S-{n:08}")),
-        hazard: Some("physical".into()),
-    };
-    Ok(Entry {
-        instrument: "balance-1".into(),
-        kind: Kind::Reading,
-        time: CaptureTime::now(),
-        body: record::body(&body)?,
-    })
 }

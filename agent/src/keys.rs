@@ -171,6 +171,23 @@ pub fn write_private_key(path: &Path, pkcs8: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Refuses a private key file that users other than its owner can read.
+pub fn check_private_permissions(path: &Path) -> Result<(), KeyError> {
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        action: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Makes a new directory entry durable.
 pub fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -190,14 +207,7 @@ impl SigningKey {
                 source,
             }
         };
-        let meta = fs::metadata(path).map_err(io("reading"))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
+        check_private_permissions(path)?;
         let bytes = fs::read(path).map_err(io("reading"))?;
         let der = pem_or_der(&bytes, "PRIVATE KEY").map_err(|reason| KeyError::Format {
             path: path.to_owned(),

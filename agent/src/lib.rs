@@ -34,8 +34,14 @@
 //! ```
 
 pub mod clock;
+pub mod config;
 pub mod keys;
+pub mod platform;
+pub mod receive;
 pub mod record;
+pub mod run;
 pub mod store;
+pub mod tls;
+pub mod uplink;
 pub mod verify;
 pub mod writer;

@@ -166,6 +166,26 @@ pub struct CheckpointBody {
     pub bytes: u64,
 }
 
+/// The body of a [`Kind::Birth`] record: the agent came online.
+///
+/// Sent retained on the state topic at every MQTT connect. It includes a
+/// checkpoint of the store, so the platform learns at once what to expect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BirthBody {
+    /// The session: the connect time in ms, repeated in the matching death message.
+    pub session: i64,
+    /// The agent's software version.
+    pub version: String,
+    /// `platform` or `broker`: when records leave the store.
+    pub delivery: String,
+    /// Oldest seq still stored (not yet acknowledged).
+    pub first: u64,
+    /// Records stored.
+    pub records: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
 /// Why records were lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -174,6 +194,8 @@ pub enum GapReason {
     StoreFull,
     /// Asked for by the platform but no longer stored (acknowledged earlier).
     NotStored,
+    /// Larger than the broker accepts; set aside on the agent for export by hand.
+    TooLarge,
 }
 
 /// The body of a [`Kind::Gap`] record: seqs `from..=to` of this stream are gone.
@@ -263,8 +285,14 @@ pub fn body<B: Serialize>(body: &B) -> Result<Value, RecordError> {
 
 /// Signs a payload: the bytes of a tagged COSE_Sign1.
 pub fn sign(payload: &Payload, key: &SigningKey) -> Result<Vec<u8>, RecordError> {
+    sign_cbor(payload, key)
+}
+
+/// Signs any CBOR-serialisable value as a tagged COSE_Sign1 with `alg` and
+/// `kid` in the protected header: records, and the platform's messages.
+pub fn sign_cbor<T: Serialize>(value: &T, key: &SigningKey) -> Result<Vec<u8>, RecordError> {
     let mut encoded = Vec::with_capacity(256);
-    ciborium::into_writer(payload, &mut encoded).map_err(|e| RecordError::Encode(e.to_string()))?;
+    ciborium::into_writer(value, &mut encoded).map_err(|e| RecordError::Encode(e.to_string()))?;
     let public = key.public_key();
     let protected = HeaderBuilder::new()
         .algorithm(public.alg().cose())
@@ -307,6 +335,32 @@ pub fn parse_unverified(bytes: &[u8]) -> Result<(CoseSign1, Payload), VerifyErro
 /// Verifies record bytes against a set of public keys, chosen by `kid`.
 pub fn verify(bytes: &[u8], keys: &[PublicKey]) -> Result<Verified, VerifyError> {
     let (sign1, payload) = parse_unverified(bytes)?;
+    let kid = verify_signature(&sign1, keys)?;
+    Ok(Verified {
+        payload,
+        hash: hash(bytes),
+        kid,
+    })
+}
+
+/// Verifies a tagged COSE_Sign1 and returns its payload bytes and key id:
+/// for messages that are not records (acks, commands, host state).
+pub fn verify_message(
+    bytes: &[u8],
+    keys: &[PublicKey],
+) -> Result<(Vec<u8>, [u8; KEY_ID_LEN]), VerifyError> {
+    let sign1 =
+        CoseSign1::from_tagged_slice(bytes).map_err(|e| VerifyError::NotCose(e.to_string()))?;
+    let kid = verify_signature(&sign1, keys)?;
+    let payload = sign1.payload.ok_or(VerifyError::MissingPayload)?;
+    Ok((payload, kid))
+}
+
+/// Checks the signature of a parsed COSE_Sign1 with the key its `kid` names.
+fn verify_signature(
+    sign1: &CoseSign1,
+    keys: &[PublicKey],
+) -> Result<[u8; KEY_ID_LEN], VerifyError> {
     let header = &sign1.protected.header;
     let alg = match &header.alg {
         Some(coset::RegisteredLabelWithPrivate::Assigned(alg)) => {
@@ -338,11 +392,7 @@ pub fn verify(bytes: &[u8], keys: &[PublicKey]) -> Result<Verified, VerifyError>
             }
         })
         .map_err(|()| VerifyError::Signature(kid_hex))?;
-    Ok(Verified {
-        payload,
-        hash: hash(bytes),
-        kid: key.key_id(),
-    })
+    Ok(key.key_id())
 }
 
 #[cfg(test)]

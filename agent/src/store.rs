@@ -539,6 +539,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Seqs of the alert records in `from..=to`, oldest first: the uplink
+    /// sends them ahead of the backlog.
+    pub fn alerts_between(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        let path = &self.path;
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM records WHERE kind = 'alert' AND seq BETWEEN ?1 AND ?2
+                 ORDER BY seq",
+            )
+            .map_err(sqlite(path, "preparing an alert query"))?;
+        let rows = query
+            .query_map(params![to_sql_seq(from), to_sql_seq(to)], |row| {
+                row.get::<_, i64>(0).map(|s| s as u64)
+            })
+            .map_err(sqlite(path, "reading alerts"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(path, "reading alerts"))
+    }
+
     /// Seqs and sizes of up to `limit` records from `from` on: for eviction.
     pub fn oldest_sizes(&self, from: u64, limit: usize) -> Result<Vec<(u64, u64)>, StoreError> {
         let path = &self.path;
@@ -612,6 +632,12 @@ impl Store {
             ));
         }
         Ok(())
+    }
+
+    /// Re-reads the chain head and size, for a read-only connection that
+    /// follows a writer.
+    pub fn refresh(&mut self) -> Result<(), StoreError> {
+        self.load_chain()
     }
 
     fn load_chain(&mut self) -> Result<(), StoreError> {

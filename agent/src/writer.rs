@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ciborium::Value;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::CaptureTime;
 use crate::keys::SigningKey;
@@ -148,6 +148,7 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Request>,
+    head: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Request {
@@ -177,11 +178,12 @@ impl Writer {
             chain.resume()?;
         }
         let (tx, rx) = mpsc::channel(chain.config.queue.max(1));
+        let head = chain.head_tx.subscribe();
         let thread = std::thread::Builder::new()
             .name("kouan-writer".into())
             .spawn(move || chain.run(rx))
             .map_err(|e| StartError::Thread(e.to_string()))?;
-        Ok((Writer { tx }, thread))
+        Ok((Writer { tx, head }, thread))
     }
 
     /// Records an entry; resolves once it is durable, with its seq.
@@ -205,6 +207,12 @@ impl Writer {
             .await
             .map_err(|_| AppendError::Closed)?;
         answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// The seq of the newest durable record, updated after every commit:
+    /// the uplink waits on it for new records.
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
     }
 
     /// What the store holds, as of the last commit.
@@ -241,6 +249,8 @@ struct Chain {
     key: SigningKey,
     config: WriterConfig,
     head: Option<Head>,
+    /// Announces the head seq after each commit.
+    head_tx: watch::Sender<u64>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     full: bool,
@@ -266,11 +276,13 @@ const GAP_RESERVE: u64 = 512;
 impl Chain {
     fn new(store: Store, key: SigningKey, config: WriterConfig) -> Result<Chain, StoreError> {
         let head = store.head();
+        let (head_tx, _) = watch::channel(head.map_or(0, |h| h.seq));
         Ok(Chain {
             store,
             key,
             config,
             head,
+            head_tx,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             full: false,
@@ -317,6 +329,7 @@ impl Chain {
             .map_err(|e| StartError::Thread(e.to_string()))?;
         self.store.append(&batch.records, stream, None)?;
         self.head = self.store.head();
+        self.announce_head();
         tracing::info!(
             stream = %hex::encode(stream),
             reason = ?body.reason,
@@ -345,6 +358,7 @@ impl Chain {
             .map_err(|e| StartError::Thread(e.to_string()))?;
         self.store.append(&batch.records, head.stream, None)?;
         self.head = self.store.head();
+        self.announce_head();
         tracing::info!(
             stream = %hex::encode(head.stream),
             head = head.seq + 1,
@@ -459,6 +473,7 @@ impl Chain {
         match outcome {
             Ok(()) => {
                 self.head = self.store.head();
+                self.announce_head();
                 for (seq, reply) in waiting {
                     let _ = reply.send(Ok(Appended { seq }));
                 }
@@ -586,6 +601,12 @@ impl Chain {
             "store full: evicted the oldest unsent records (drop_oldest)"
         );
         Ok(())
+    }
+
+    fn announce_head(&self) {
+        if let Some(head) = self.head {
+            self.head_tx.send_replace(head.seq);
+        }
     }
 
     fn head_hash(&self) -> [u8; HASH_LEN] {

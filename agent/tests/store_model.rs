@@ -82,9 +82,15 @@ proptest! {
         for op in ops {
             match op {
                 Op::Append(n) => {
+                    // Spawned together, so that their appends share batches.
                     let outcomes = runtime.block_on(async {
-                        let appends = (0..n).map(|i| writer.append(entry(readings + i)));
-                        futures_join_all(appends).await
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for i in 0..n {
+                            let writer = writer.clone();
+                            let entry = entry(readings + i);
+                            tasks.spawn(async move { writer.append(entry).await });
+                        }
+                        tasks.join_all().await
                     });
                     readings += n;
                     let mut seqs: Vec<u64> = outcomes.into_iter().map(|o| o.unwrap().seq).collect();
@@ -138,19 +144,4 @@ proptest! {
         drop(writer);
         thread.join().unwrap();
     }
-}
-
-/// Polls futures together, so their appends share batches.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    for f in set {
-        out.push(f.await);
-    }
-    out
 }

@@ -1,0 +1,168 @@
+//! `kouan run`: the agent as a service.
+//!
+//! Loads the configuration, opens (or recovers) the store, starts the
+//! writer thread and the uplink, and runs until SIGTERM or SIGINT. On the
+//! way down the uplink publishes its death message and disconnects, and the
+//! writer finishes what was queued before the store closes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_bytes::ByteBuf;
+use tokio::sync::watch;
+
+use crate::clock::CaptureTime;
+use crate::config::Config;
+use crate::keys::{PublicKey, SigningKey};
+use crate::record::{self, Kind, MeasuredValue, Measurement, ReadingBody};
+use crate::store::{Opened, Store};
+use crate::uplink::Uplink;
+use crate::writer::{AppendError, Entry, Writer};
+
+/// Options of `kouan run` beyond the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Feed this many synthetic readings through the writer (tests, demos,
+    /// benchmarks), as fast as the store takes them.
+    pub simulate_readings: u64,
+}
+
+/// Runs the agent until a termination signal.
+pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let key = SigningKey::load(&config.keys.signing)?;
+    let public = key.public_key().clone();
+    let (store, opened) =
+        Store::open_or_recover(&config.store.path, std::slice::from_ref(&public))?;
+    match &opened {
+        Opened::Recovered {
+            damage, moved_to, ..
+        } => tracing::error!(
+            %damage,
+            moved_to = %moved_to.display(),
+            "the store was damaged: moved it aside and started a new stream"
+        ),
+        Opened::Created => {
+            tracing::info!(path = %config.store.path.display(), "created a new store")
+        }
+        Opened::Existing => {}
+    }
+    let signing = Arc::new(SigningKey::load(&config.keys.signing)?);
+    let (writer, writer_thread) = Writer::start(store, &opened, key, config.writer())?;
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let uplink = match &config.uplink {
+        Some(section) => {
+            let platform_key = section
+                .platform_key
+                .as_deref()
+                .map(PublicKey::load)
+                .transpose()?;
+            let uplink = Uplink {
+                config: section.clone(),
+                node: config.agent.node.clone(),
+                store_path: config.store.path.clone(),
+                writer: writer.clone(),
+                key: signing,
+                platform_key,
+            };
+            Some(tokio::spawn(uplink.run(shutdown.clone())))
+        }
+        None => {
+            tracing::info!("no [uplink] configured: records are stored, not sent");
+            None
+        }
+    };
+    let simulator = (options.simulate_readings > 0).then(|| {
+        tokio::spawn(simulate(
+            writer.clone(),
+            options.simulate_readings,
+            shutdown.clone(),
+        ))
+    });
+    tracing::info!(node = %config.agent.node, site = %config.agent.site, "kouan running");
+
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    shutdown_tx.send_replace(true);
+    if let Some(uplink) = uplink {
+        let _ = tokio::time::timeout(Duration::from_secs(10), uplink).await;
+    }
+    if let Some(simulator) = simulator {
+        simulator.abort();
+    }
+    drop(writer);
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .context("waiting for the record writer")?
+        .map_err(|_| anyhow::anyhow!("the record writer panicked"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Feeds synthetic readings, 32 awaiting durability at a time; a refused
+/// reading (store full) is retried, as an instrument would resend it.
+async fn simulate(writer: Writer, count: u64, shutdown: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next = 0u64;
+    let mut done = 0u64;
+    while done < count && !*shutdown.borrow() {
+        while tasks.len() < 32 && next < count {
+            let writer = writer.clone();
+            let n = next;
+            tasks.spawn(async move {
+                loop {
+                    let Ok(entry) = synthetic_reading(n, 32) else {
+                        return;
+                    };
+                    match writer.append(entry).await {
+                        Err(AppendError::Full { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        _ => return,
+                    }
+                }
+            });
+            next += 1;
+        }
+        if tasks.join_next().await.is_some() {
+            done += 1;
+        }
+    }
+    tracing::info!(readings = done, "simulated readings are stored");
+}
+
+/// A synthetic balance reading number `n` with `raw_size` bytes of raw data.
+pub fn synthetic_reading(n: u64, raw_size: usize) -> Result<Entry, record::RecordError> {
+    let raw: Vec<u8> = (0..raw_size)
+        .map(|i| b'0' + ((n as usize + i) % 10) as u8)
+        .collect();
+    let body = ReadingBody {
+        values: vec![Measurement {
+            name: "mass".into(),
+            value: MeasuredValue::Number(n as f64 / 100.0),
+            unit: Some("g".into()),
+            flags: vec![],
+        }],
+        raw: ByteBuf::from(raw),
+        sample: Some(format!("S-{n:08}")),
+        hazard: Some("physical".into()),
+    };
+    Ok(Entry {
+        instrument: "balance-1".into(),
+        kind: Kind::Reading,
+        time: CaptureTime::now(),
+        body: record::body(&body)?,
+    })
+}
