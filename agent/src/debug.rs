@@ -44,6 +44,9 @@ pub enum DebugCommand {
         /// Acknowledge (delete) everything through this seq first.
         #[arg(long)]
         acknowledge: Option<u64>,
+        /// The node id the records name.
+        #[arg(long, default_value = "debug-node")]
+        node: String,
     },
 }
 
@@ -58,6 +61,7 @@ pub fn run(command: DebugCommand) -> anyhow::Result<()> {
         policy,
         checkpoint_every,
         acknowledge,
+        node,
     } = command;
     let key = SigningKey::load(&key)?;
     let public = key.public_key().clone();
@@ -68,7 +72,7 @@ pub fn run(command: DebugCommand) -> anyhow::Result<()> {
     {
         tracing::error!(%damage, moved_to = %moved_to.display(), "store was damaged; moved aside");
     }
-    let mut config = WriterConfig::new("debug-node", "debug-site");
+    let mut config = WriterConfig::new(node, "debug-site");
     config.max_bytes = max_bytes;
     config.policy = policy;
     config.checkpoint_every = checkpoint_every;

@@ -44,6 +44,9 @@ use crate::writer::{Entry, Writer};
 /// Records read from the store at a time.
 const PAGE: usize = 256;
 
+/// One in this many window slots goes to the backlog when live records wait too.
+const BACKLOG_SHARE: u32 = 4;
+
 /// Longest wait between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -95,6 +98,8 @@ struct Session {
     sent_early: HashSet<u64>,
     backlog_page: VecDeque<StoredRecord>,
     live_page: VecDeque<StoredRecord>,
+    /// Counts picks, to give the backlog its share.
+    turn: u32,
     /// Whether the platform host (if one is configured) is online.
     host_online: bool,
     /// Whether this connection's birth went out.
@@ -331,6 +336,7 @@ impl Uplink {
             sent_early: HashSet::new(),
             backlog_page: VecDeque::new(),
             live_page: VecDeque::new(),
+            turn: 0,
             host_online: self.config.platform_host.is_none(),
             born: false,
             session,
@@ -413,22 +419,38 @@ impl Uplink {
         Ok(())
     }
 
-    /// The next record to send: alerts, then live records, then the backlog.
+    /// The next record to send: alerts first, then live records ahead of the
+    /// backlog, except that every [`BACKLOG_SHARE`]th slot goes to the
+    /// backlog, so that a steady live stream cannot starve it (the
+    /// platform's watermark must keep moving, or it asks for replays).
     fn next_record(
         &self,
         s: &mut Session,
         reader: &mut Store,
     ) -> Result<Option<StoredRecord>, String> {
-        let read = |reader: &Store, from: u64, limit: usize| {
-            // A short synchronous read of one page; the runtime has other workers.
-            tokio::task::block_in_place(|| reader.read_from(from, limit)).map_err(|e| e.to_string())
-        };
         while let Some(seq) = s.alerts.pop_front() {
             if let Some(record) = read(reader, seq, 1)?.into_iter().find(|r| r.seq == seq) {
                 s.sent_early.insert(seq);
                 return Ok(Some(record));
             }
         }
+        s.turn = s.turn.wrapping_add(1);
+        if s.turn % BACKLOG_SHARE == 0
+            && let Some(record) = self.next_backlog(s, reader)?
+        {
+            return Ok(Some(record));
+        }
+        if let Some(record) = self.next_live(s, reader)? {
+            return Ok(Some(record));
+        }
+        self.next_backlog(s, reader)
+    }
+
+    fn next_live(
+        &self,
+        s: &mut Session,
+        reader: &mut Store,
+    ) -> Result<Option<StoredRecord>, String> {
         loop {
             if s.live_page.is_empty() {
                 let head = *self.writer.head().borrow();
@@ -437,13 +459,20 @@ impl Uplink {
                 }
             }
             let Some(record) = s.live_page.pop_front() else {
-                break;
+                return Ok(None);
             };
             s.live_next = record.seq + 1;
             if !s.sent_early.remove(&record.seq) {
                 return Ok(Some(record));
             }
         }
+    }
+
+    fn next_backlog(
+        &self,
+        s: &mut Session,
+        reader: &mut Store,
+    ) -> Result<Option<StoredRecord>, String> {
         while s.backlog_next < s.live_start {
             if s.backlog_page.is_empty() {
                 let limit = PAGE.min((s.live_start - s.backlog_next) as usize);
@@ -677,6 +706,12 @@ impl Uplink {
         let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
         tracing::info!("uplink disconnected cleanly");
     }
+}
+
+/// A short synchronous read of one page of records. The runtime has other
+/// workers, so blocking this one for a page costs little.
+fn read(reader: &Store, from: u64, limit: usize) -> Result<Vec<StoredRecord>, String> {
+    tokio::task::block_in_place(|| reader.read_from(from, limit)).map_err(|e| e.to_string())
 }
 
 /// Seqs the broker acknowledged (delivery = "broker"), turned into a

@@ -1,0 +1,549 @@
+//! The MQTT uplink end to end: the real agent and the real receiver
+//! (`kouan run`, `kouan receive`) through a real mosquitto with TLS,
+//! client certificates and the ACL of DESIGN.md, with faults injected.
+//!
+//! Every test ends with the same check: the receiver accepted every seq of
+//! the agent's chain exactly once (duplicates are counted, not accepted
+//! again), and the agent's store is empty because the platform
+//! acknowledged everything.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kouan_tests::broker::{Broker, BrokerOptions, find_tool};
+use kouan_tests::pki::{AGENT, OTHER_AGENT, PLATFORM};
+use kouan_tests::proxy::Proxy;
+use kouan_tests::{keygen, kouan, path_str, run, text};
+
+/// A generous bound for one phase of a test: only to avoid hanging forever.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A broker sized for the platform, as docs/platform.md advises: its queue
+/// for the receiver's persistent session holds a whole test's records.
+fn platform_broker() -> BrokerOptions {
+    BrokerOptions {
+        max_queued_messages: Some(100_000),
+        ..BrokerOptions::default()
+    }
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    agent_key: PathBuf,
+    platform_key: PathBuf,
+    platform_pub: PathBuf,
+    keys_dir: PathBuf,
+    receiver: Option<Child>,
+    agent: Option<Child>,
+    receiver_runs: usize,
+}
+
+impl Site {
+    fn new(options: &BrokerOptions) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let broker_dir = dir.path().join("broker");
+        std::fs::create_dir_all(&broker_dir).unwrap();
+        let broker = Broker::start(&broker_dir, options);
+        let agent_dir = dir.path().join("agent");
+        let platform_dir = dir.path().join("platform");
+        let keys_dir = dir.path().join("agents");
+        for d in [&agent_dir, &platform_dir, &keys_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let (agent_key, agent_pub) = keygen(&agent_dir, "ed25519");
+        let (platform_key, platform_pub) = keygen(&platform_dir, "ed25519");
+        std::fs::copy(&agent_pub, keys_dir.join(format!("{AGENT}.pub"))).unwrap();
+        Site {
+            dir,
+            broker,
+            agent_key,
+            platform_key,
+            platform_pub,
+            keys_dir,
+            receiver: None,
+            agent: None,
+            receiver_runs: 0,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("agent/kouan.db")
+    }
+
+    /// The agent's config, reaching the broker at `port` (the broker's own,
+    /// or a proxy's).
+    fn write_config(&self, port: u16, extra: &str) -> PathBuf {
+        let tls = self.broker.client(AGENT);
+        let config = format!(
+            r#"[agent]
+node = "{AGENT}"
+site = "guiyang-airport"
+
+[keys]
+signing = "{key}"
+
+[store]
+path = "{store}"
+checkpoint_every = 500
+
+[uplink]
+host = "localhost"
+port = {port}
+platform_key = "{platform_pub}"
+keep_alive_secs = 5
+{extra}
+
+[uplink.tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{tls_key}"
+"#,
+            key = path_str(&self.agent_key),
+            store = path_str(&self.store()),
+            platform_pub = path_str(&self.platform_pub),
+            ca = path_str(self.broker.ca()),
+            cert = path_str(&tls.cert),
+            tls_key = path_str(&tls.key),
+        );
+        let path = self.path("agent/kouan.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    fn start_receiver(&mut self) {
+        let tls = self.broker.client(PLATFORM);
+        self.receiver_runs += 1;
+        let out = std::fs::File::create(self.path(&format!("receiver-{}.out", self.receiver_runs)))
+            .unwrap();
+        let log = std::fs::File::create(self.path(&format!("receiver-{}.log", self.receiver_runs)))
+            .unwrap();
+        let port = self.broker.port().to_string();
+        let child = kouan()
+            .args(["receive", "--host", "localhost", "--port", &port])
+            .args(["--ca", path_str(self.broker.ca())])
+            .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
+            .args(["--keys-dir", path_str(&self.keys_dir)])
+            .args(["--platform-key", path_str(&self.platform_key)])
+            .args(["--store", path_str(&self.path("received.db"))])
+            .args(["--replay-after-ms", "1500"])
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.receiver = Some(child);
+        // Records published before its subscription exists would only come
+        // back by replay; wait for it, so that a clean run is clean.
+        let log = self.path(&format!("receiver-{}.log", self.receiver_runs));
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("receiver connected")
+        {
+            assert!(start.elapsed() < PATIENCE, "the receiver never connected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn stop_receiver(&mut self) {
+        if let Some(mut child) = self.receiver.take() {
+            terminate(&mut child);
+        }
+    }
+
+    fn start_agent(&mut self, config: &Path, readings: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("agent.log"))
+            .unwrap();
+        let child = kouan()
+            .args(["run", "--config", path_str(config)])
+            .args(["--simulate-readings", &readings.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// Everything the receiver printed, over all its runs.
+    fn events(&self) -> Events {
+        let mut events = Events::default();
+        for run in 1..=self.receiver_runs {
+            let out = std::fs::read_to_string(self.path(&format!("receiver-{run}.out")))
+                .unwrap_or_default();
+            for line in out.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["accepted", node, seq, kind] if *node == AGENT => {
+                        let seq: u64 = seq.parse().unwrap();
+                        assert!(events.accepted.insert(seq), "seq {seq} accepted twice");
+                        if *kind == "reading" {
+                            events.readings += 1;
+                        }
+                    }
+                    ["duplicate", ..] => events.duplicates += 1,
+                    ["rejected", ..] => events.rejected.push(line.to_owned()),
+                    ["conflict", ..] => events.conflicts.push(line.to_owned()),
+                    ["replay", ..] => events.replays += 1,
+                    _ => {}
+                }
+            }
+        }
+        events
+    }
+
+    /// The agent's chain head and how many records it still holds.
+    fn agent_store(&self) -> (u64, u64) {
+        let out = run(&["store", "stats", "--store", path_str(&self.store())]);
+        let stdout = text(&out.stdout);
+        let field = |name: &str| -> u64 {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().nth(usize::from(name == "head")))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u64::MAX)
+        };
+        (field("head"), field("records"))
+    }
+
+    /// Waits until the receiver has `readings` readings and every seq of the
+    /// agent's chain, and the agent's store is empty.
+    fn wait_delivered(&self, readings: u64) -> Events {
+        let start = Instant::now();
+        loop {
+            let events = self.events();
+            let (head, held) = self.agent_store();
+            let complete = events.readings >= readings
+                && held == 0
+                && events.accepted.len() as u64 == head + 1
+                && events.accepted.iter().next_back() == Some(&head);
+            if complete {
+                return events;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "not delivered after {PATIENCE:?}: {} readings, {} of seqs 0..={head} accepted, \
+                 {held} held by the agent; agent log:\n{}",
+                events.readings,
+                events.accepted.len(),
+                std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_for_readings(&self, at_least: u64) {
+        let start = Instant::now();
+        while self.events().readings < at_least {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "receiver never got {at_least} readings"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            terminate(&mut agent);
+        }
+        self.stop_receiver();
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for child in [self.agent.as_mut(), self.receiver.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Events {
+    accepted: BTreeSet<u64>,
+    readings: u64,
+    duplicates: u64,
+    replays: u64,
+    rejected: Vec<String>,
+    conflicts: Vec<String>,
+}
+
+fn terminate(child: &mut Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks the common ending and reports the figures.
+fn assert_all_delivered(name: &str, events: &Events, readings: u64) {
+    assert!(events.readings >= readings, "{name}: {events:?}");
+    assert!(
+        events.conflicts.is_empty(),
+        "{name}: {:?}",
+        events.conflicts
+    );
+    assert!(events.rejected.is_empty(), "{name}: {:?}", events.rejected);
+    eprintln!(
+        "{name}: {} records ({} readings) accepted exactly once, {} duplicates dropped, {} replays",
+        events.accepted.len(),
+        events.readings,
+        events.duplicates,
+        events.replays
+    );
+}
+
+#[test]
+fn ten_thousand_readings_arrive_exactly_once_through_tls_and_acl() {
+    let mut site = Site::new(&platform_broker());
+    site.start_receiver();
+    let config = site.write_config(site.broker.port(), "");
+    site.start_agent(&config, 10_000);
+    let events = site.wait_delivered(10_000);
+    site.finish();
+    assert_eq!(events.readings, 10_000);
+    assert_all_delivered("clean run", &events, 10_000);
+    let log = std::fs::read_to_string(site.path("agent.log")).unwrap();
+    assert!(log.contains("uplink connected"), "{log}");
+    assert!(log.contains("uplink disconnected cleanly"), "{log}");
+}
+
+#[test]
+fn broker_killed_and_restarted_mid_stream_loses_nothing() {
+    let mut site = Site::new(&platform_broker());
+    site.start_receiver();
+    let config = site.write_config(site.broker.port(), "");
+    site.start_agent(&config, 5_000);
+    site.wait_for_readings(1_000);
+    site.broker.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    site.broker.restart();
+    let events = site.wait_delivered(5_000);
+    site.finish();
+    assert_all_delivered("broker killed", &events, 5_000);
+}
+
+#[test]
+fn broker_frozen_then_resumed_loses_nothing() {
+    let mut site = Site::new(&platform_broker());
+    site.start_receiver();
+    let config = site.write_config(site.broker.port(), "");
+    site.start_agent(&config, 5_000);
+    site.wait_for_readings(1_000);
+    site.broker.freeze();
+    // Longer than the agent's keep-alive (5 s), so it gives the connection up.
+    std::thread::sleep(Duration::from_secs(9));
+    site.broker.thaw();
+    let events = site.wait_delivered(5_000);
+    site.finish();
+    assert_all_delivered("broker frozen", &events, 5_000);
+}
+
+#[test]
+fn agent_killed_mid_stream_and_restarted_loses_nothing() {
+    let mut site = Site::new(&platform_broker());
+    site.start_receiver();
+    let config = site.write_config(site.broker.port(), "");
+    site.start_agent(&config, 5_000);
+    site.wait_for_readings(1_000);
+    let mut agent = site.agent.take().unwrap();
+    agent.kill().unwrap(); // SIGKILL
+    agent.wait().unwrap();
+    // The restarted agent sends what the first one left, and 1000 more.
+    site.start_agent(&config, 1_000);
+    let events = site.wait_delivered(2_000);
+    site.finish();
+    assert_all_delivered("agent killed", &events, 2_000);
+}
+
+#[test]
+fn receiver_offline_while_the_broker_queue_overflows_loses_nothing() {
+    let options = BrokerOptions {
+        max_queued_messages: Some(100),
+        ..BrokerOptions::default()
+    };
+    let mut site = Site::new(&options);
+    // The receiver's persistent session exists; then it goes away.
+    site.start_receiver();
+    std::thread::sleep(Duration::from_secs(1));
+    site.stop_receiver();
+    let config = site.write_config(site.broker.port(), "");
+    site.start_agent(&config, 3_000);
+    // Let the agent publish everything while nobody reads: the broker keeps
+    // 100 for the receiver and drops the rest after PUBACK.
+    let log = site.path("agent.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("simulated readings are stored")
+    {
+        assert!(start.elapsed() < PATIENCE);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, held) = site.agent_store();
+    assert!(
+        held >= 3_000,
+        "nothing may leave the agent without the platform's ack: {held}"
+    );
+    site.start_receiver();
+    let events = site.wait_delivered(3_000);
+    site.finish();
+    assert!(
+        events.replays > 0,
+        "the dropped records must come back through a replay"
+    );
+    assert_all_delivered("queue overflow", &events, 3_000);
+}
+
+#[test]
+fn connections_cut_by_a_proxy_lose_nothing() {
+    let mut site = Site::new(&platform_broker());
+    let proxy = Proxy::start(site.broker.addr());
+    site.start_receiver();
+    let config = site.write_config(proxy.port(), "");
+    site.start_agent(&config, 5_000);
+    for at in [500, 1_500, 3_000] {
+        site.wait_for_readings(at);
+        proxy.cut();
+    }
+    let events = site.wait_delivered(5_000);
+    site.finish();
+    assert!(
+        proxy.connections() >= 4,
+        "the agent reconnected after every cut"
+    );
+    assert_all_delivered("proxy cuts", &events, 5_000);
+}
+
+/// Publishes a file's bytes as a client of the broker.
+fn publish_as(site: &Site, user: &str, topic: &str, payload: &Path) {
+    let tls = site.broker.client(user);
+    let status = Command::new(find_tool("mosquitto_pub"))
+        .args(["-h", "localhost", "-p", &site.broker.port().to_string()])
+        .args(["--cafile", path_str(site.broker.ca())])
+        .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
+        .args(["-q", "1", "-t", topic, "-f", path_str(payload)])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub as {user} to {topic}");
+}
+
+#[test]
+fn records_under_another_identity_are_rejected_and_logged() {
+    let mut site = Site::new(&platform_broker());
+    let other_dir = site.path("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let (other_key, other_pub) = keygen(&other_dir, "ed25519");
+    std::fs::copy(&other_pub, site.keys_dir.join(format!("{OTHER_AGENT}.pub"))).unwrap();
+    site.start_receiver();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // One genuine record of each agent, made by the real writer.
+    let make = |key: &Path, node: &str, name: &str| -> PathBuf {
+        let store = site.path(&format!("{name}.db"));
+        let out = run(&[
+            "debug",
+            "append",
+            "--store",
+            path_str(&store),
+            "--key",
+            path_str(key),
+            "--count",
+            "1",
+            "--node",
+            node,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let export = site.path(&format!("{name}.cbor"));
+        kouan_tests::export(&store, Some(1), &export);
+        export
+    };
+    let genuine = make(&site.agent_key, AGENT, "genuine");
+    let foreign_signed = make(&other_key, AGENT, "foreign");
+
+    // Forged topic: gy-air-01's record published under gy-rail-01's topic.
+    publish_as(
+        &site,
+        OTHER_AGENT,
+        &format!("kouan/v1/{OTHER_AGENT}/rec/balance-1"),
+        &genuine,
+    );
+    // Foreign key: gy-rail-01's key signs a record that claims to be gy-air-01's.
+    publish_as(
+        &site,
+        AGENT,
+        &format!("kouan/v1/{AGENT}/rec/balance-1"),
+        &foreign_signed,
+    );
+    // Altered bytes: one byte of a genuine record changed on the way.
+    let mut bytes = std::fs::read(&genuine).unwrap();
+    // Inside the signature, the last 64 bytes: the envelope still parses.
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x01;
+    let altered = site.path("altered.cbor");
+    std::fs::write(&altered, bytes).unwrap();
+    publish_as(
+        &site,
+        AGENT,
+        &format!("kouan/v1/{AGENT}/rec/balance-1"),
+        &altered,
+    );
+
+    // Foreign node: gy-rail-01's own topic and key, but the record claims gy-air-01.
+    publish_as(
+        &site,
+        OTHER_AGENT,
+        &format!("kouan/v1/{OTHER_AGENT}/rec/balance-1"),
+        &foreign_signed,
+    );
+
+    let start = Instant::now();
+    while site.events().rejected.len() < 4 {
+        assert!(start.elapsed() < PATIENCE, "{:?}", site.events());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    site.finish();
+    let events = site.events();
+    assert!(events.accepted.is_empty(), "{events:?}");
+    let rejected = events.rejected.join("\n");
+    assert!(
+        rejected.contains(&format!(
+            "rejected {OTHER_AGENT} kouan/v1/{OTHER_AGENT}/rec"
+        )),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains("not among the given public keys"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("signature does not verify"), "{rejected}");
+    assert!(
+        rejected.contains(&format!("record is signed for node {AGENT}")),
+        "{rejected}"
+    );
+    let log = std::fs::read_to_string(site.path("receiver-1.log")).unwrap();
+    assert_eq!(log.matches("rejected a record").count(), 4, "{log}");
+}
