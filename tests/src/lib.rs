@@ -148,3 +148,7 @@ pub fn export(store: &Path, from: Option<u64>, out: &Path) -> Vec<u8> {
     );
     std::fs::read(out).expect("export file readable")
 }
+
+pub mod broker;
+pub mod pki;
+pub mod proxy;
