@@ -435,7 +435,7 @@ impl Uplink {
             }
         }
         s.turn = s.turn.wrapping_add(1);
-        if s.turn % BACKLOG_SHARE == 0
+        if s.turn.is_multiple_of(BACKLOG_SHARE)
             && let Some(record) = self.next_backlog(s, reader)?
         {
             return Ok(Some(record));
