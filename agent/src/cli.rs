@@ -50,6 +50,9 @@ pub enum Command {
         /// Feed this many synthetic readings (tests and demos).
         #[arg(long, hide = true, default_value_t = 0)]
         simulate_readings: u64,
+        /// Bytes of raw data in each synthetic reading.
+        #[arg(long, hide = true, default_value_t = 32)]
+        simulate_raw_bytes: usize,
     },
     /// The platform side: receive, verify, store and acknowledge records.
     ///
@@ -212,7 +215,14 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         Some(Command::Run {
             config,
             simulate_readings,
-        }) => run_agent(&config, simulate_readings).map(|()| true),
+            simulate_raw_bytes,
+        }) => {
+            let options = RunOptions {
+                simulate_readings,
+                simulate_raw_bytes,
+            };
+            run_agent(&config, options).map(|()| true)
+        }
         Some(Command::Receive(args)) => receive(*args).map(|()| true),
         Some(Command::Keygen { out, alg }) => keygen(&out, alg).map(|()| true),
         Some(Command::Key {
@@ -239,9 +249,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run_agent(config: &Path, simulate_readings: u64) -> anyhow::Result<()> {
+fn run_agent(config: &Path, options: RunOptions) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let options = RunOptions { simulate_readings };
     runtime()?.block_on(kouan_agent::run::run(config, options))
 }
 

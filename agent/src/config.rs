@@ -108,6 +108,10 @@ pub struct UplinkSection {
     /// Largest MQTT packet the broker accepts; larger records are set aside.
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
+    /// Seconds without a platform ack, while records are outstanding, after
+    /// which they are sent again (the broker may have dropped them).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_secs: u64,
 }
 
 /// `[uplink.tls]`
@@ -145,6 +149,9 @@ fn default_inflight() -> u16 {
 }
 fn default_keep_alive() -> u64 {
     20
+}
+fn default_ack_timeout() -> u64 {
+    30
 }
 fn default_max_packet() -> usize {
     256 * 1024

@@ -111,6 +111,9 @@ pub struct Command {
     /// `replay`: send records again from this seq.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<u64>,
+    /// `replay`: up to this seq (the end of the hole); everything when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
 }
 
 /// `host`: whether the platform's receiving host is online.

@@ -473,10 +473,12 @@ impl Receiver {
                 .is_none_or(|since| since.elapsed() >= self.config.replay_after);
             if stalled {
                 state.progress = Some(Instant::now());
-                asks.push((node.clone(), state.next()));
+                // The hole ends just before the first seq that did arrive.
+                let to = state.above.first().map(|first| first - 1);
+                asks.push((node.clone(), state.next(), to));
             }
         }
-        for (node, from) in asks {
+        for (node, from, to) in asks {
             let mut id = [0u8; 8];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
                 .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
@@ -488,6 +490,7 @@ impl Receiver {
                 id: hex::encode(id),
                 issued: unix_ms(),
                 from: Some(from),
+                to,
             };
             let bytes = platform::sign(&command, &self.platform)?;
             let topic = platform::Topics::new(&node).command("replay");

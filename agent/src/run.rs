@@ -26,6 +26,8 @@ pub struct RunOptions {
     /// Feed this many synthetic readings through the writer (tests, demos,
     /// benchmarks), as fast as the store takes them.
     pub simulate_readings: u64,
+    /// Bytes of raw instrument data in each synthetic reading.
+    pub simulate_raw_bytes: usize,
 }
 
 /// Runs the agent until a termination signal.
@@ -74,11 +76,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         }
     };
     let simulator = (options.simulate_readings > 0).then(|| {
-        tokio::spawn(simulate(
-            writer.clone(),
-            options.simulate_readings,
-            shutdown.clone(),
-        ))
+        let (count, raw) = (options.simulate_readings, options.simulate_raw_bytes);
+        tokio::spawn(simulate(writer.clone(), count, raw, shutdown.clone()))
     });
     tracing::info!(node = %config.agent.node, site = %config.agent.site, "kouan running");
 
@@ -113,7 +112,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// Feeds synthetic readings, 32 awaiting durability at a time; a refused
 /// reading (store full) is retried, as an instrument would resend it.
-async fn simulate(writer: Writer, count: u64, shutdown: watch::Receiver<bool>) {
+async fn simulate(writer: Writer, count: u64, raw: usize, shutdown: watch::Receiver<bool>) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = 0u64;
     let mut done = 0u64;
@@ -123,7 +122,7 @@ async fn simulate(writer: Writer, count: u64, shutdown: watch::Receiver<bool>) {
             let n = next;
             tasks.spawn(async move {
                 loop {
-                    let Ok(entry) = synthetic_reading(n, 32) else {
+                    let Ok(entry) = synthetic_reading(n, raw) else {
                         return;
                     };
                     match writer.append(entry).await {

@@ -88,7 +88,8 @@ struct Session {
     window: usize,
     /// Next backlog seq to send; the backlog ends before `live_start`.
     backlog_next: u64,
-    /// First seq written after the connection began.
+    /// The end of the backlog: first seq written after the connection
+    /// began, or the end of the hole a replay asked for.
     live_start: u64,
     /// Next live seq to send.
     live_next: u64,
@@ -98,6 +99,12 @@ struct Session {
     sent_early: HashSet<u64>,
     backlog_page: VecDeque<StoredRecord>,
     live_page: VecDeque<StoredRecord>,
+    /// The highest seq sent in this connection.
+    highest_sent: Option<u64>,
+    /// When the platform's ack last moved (or records were last resent).
+    ack_progress: std::time::Instant,
+    /// Records set aside since the last tick.
+    set_aside: Vec<u64>,
     /// Counts picks, to give the backlog its share.
     turn: u32,
     /// Whether the platform host (if one is configured) is online.
@@ -109,8 +116,10 @@ struct Session {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
+    /// A record in the window.
     Record(u64),
-    Other,
+    /// The birth record on the state topic, outside the window.
+    Birth(u64),
 }
 
 impl Uplink {
@@ -249,9 +258,15 @@ impl Uplink {
                         }
                         Event::Incoming(Packet::PubAck(ack)) => {
                             if let Some(s) = &mut session
-                                && let Some(Sent::Record(seq)) = s.in_flight.remove(&ack.pkid)
+                                && let Some(sent) = s.in_flight.remove(&ack.pkid)
                             {
-                                s.window -= 1;
+                                let seq = match sent {
+                                    Sent::Record(seq) => {
+                                        s.window -= 1;
+                                        seq
+                                    }
+                                    Sent::Birth(seq) => seq,
+                                };
                                 if self.config.delivery == Delivery::Broker {
                                     broker_acked.insert(seq);
                                 }
@@ -275,6 +290,12 @@ impl Uplink {
                 }
                 _ = head.changed() => {}
                 _ = tick.tick() => {
+                    if let Some(s) = &mut session {
+                        for seq in s.set_aside.drain(..) {
+                            broker_acked.insert(seq);
+                        }
+                        self.resend_if_unacknowledged(s, reader);
+                    }
                     if self.config.delivery == Delivery::Broker
                         && let Some(through) = broker_acked.take_watermark(reader)
                         && let Err(error) = self.writer.acknowledge(through).await
@@ -337,6 +358,9 @@ impl Uplink {
             backlog_page: VecDeque::new(),
             live_page: VecDeque::new(),
             turn: 0,
+            highest_sent: None,
+            ack_progress: std::time::Instant::now(),
+            set_aside: Vec::new(),
             host_online: self.config.platform_host.is_none(),
             born: false,
             session,
@@ -383,7 +407,7 @@ impl Uplink {
         s.client
             .try_publish(topics.state(), QoS::AtLeastOnce, true, birth.bytes)
             .map_err(|e| e.to_string())?;
-        s.unassigned.push_back(Sent::Other);
+        s.unassigned.push_back(Sent::Birth(seq));
         // The birth is part of the chain: it counts as sent in this session.
         s.sent_early.insert(seq);
         s.born = true;
@@ -408,6 +432,9 @@ impl Uplink {
             };
             if record.bytes.len() + topic.len() + PUBLISH_OVERHEAD > self.config.max_packet_bytes {
                 self.set_aside(&record).await?;
+                // Its gap record stands in for it; in broker delivery that
+                // is as good as a PUBACK.
+                s.set_aside.push(record.seq);
                 continue;
             }
             s.client
@@ -415,6 +442,7 @@ impl Uplink {
                 .map_err(|e| e.to_string())?;
             s.unassigned.push_back(Sent::Record(record.seq));
             s.window += 1;
+            s.highest_sent = s.highest_sent.max(Some(record.seq));
         }
         Ok(())
     }
@@ -617,6 +645,7 @@ impl Uplink {
             );
             return;
         }
+        s.ack_progress = std::time::Instant::now();
         match self.writer.acknowledge(ack.seq).await {
             Ok(deleted) if deleted > 0 => {
                 tracing::debug!(through = ack.seq, deleted, "platform acknowledged records");
@@ -628,6 +657,38 @@ impl Uplink {
             s.backlog_next = (ack.seq + 1).min(s.live_start);
             s.backlog_page.retain(|r| r.seq > ack.seq);
         }
+    }
+
+    /// Sends everything unacknowledged again when the platform's ack has
+    /// not moved for `ack_timeout_secs` while records are outstanding: the
+    /// broker may have dropped them after its PUBACK, and the platform
+    /// cannot ask for records it never heard of (the newest ones).
+    fn resend_if_unacknowledged(&self, s: &mut Session, reader: &mut Store) {
+        if self.config.delivery != Delivery::Platform {
+            return;
+        }
+        let timeout = Duration::from_secs(self.config.ack_timeout_secs.max(1));
+        if s.ack_progress.elapsed() < timeout {
+            return;
+        }
+        let Some(first) = reader.stats().ok().and_then(|stats| stats.first) else {
+            return;
+        };
+        let Some(highest) = s.highest_sent.filter(|h| *h >= first) else {
+            return;
+        };
+        tracing::warn!(
+            from = first,
+            through = highest,
+            timeout_secs = timeout.as_secs(),
+            "platform has not acknowledged records sent; sending them again"
+        );
+        s.backlog_next = first;
+        s.live_start = s.live_next;
+        s.backlog_page.clear();
+        s.sent_early.clear();
+        s.highest_sent = None;
+        s.ack_progress = std::time::Instant::now();
     }
 
     async fn on_command(&self, s: &mut Session, reader: &mut Store, command: Command) {
@@ -646,7 +707,7 @@ impl Uplink {
                         .ok()
                         .and_then(|stats| stats.first);
                 let first = first.unwrap_or(s.live_next);
-                tracing::info!(id = %command.id, from, first, "platform asked for a replay");
+                tracing::info!(id = %command.id, from, to = ?command.to, first, "platform asked for a replay");
                 if from < first {
                     let gap = GapBody {
                         from,
@@ -668,9 +729,12 @@ impl Uplink {
                         Err(error) => tracing::warn!(%error, "could not encode the replay gap"),
                     }
                 }
-                // Everything from `from` on counts as backlog again.
+                // The hole (or everything from `from` on) is backlog again.
                 s.backlog_next = from.max(first);
-                s.live_start = s.live_next;
+                s.live_start = match command.to {
+                    Some(to) => (to + 1).min(s.live_next),
+                    None => s.live_next,
+                };
                 s.backlog_page.clear();
                 s.sent_early.clear();
             }

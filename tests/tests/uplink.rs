@@ -41,6 +41,10 @@ struct Site {
     receiver: Option<Child>,
     agent: Option<Child>,
     receiver_runs: usize,
+    /// Extra arguments for `kouan receive` and `kouan run`.
+    receiver_args: Vec<String>,
+    agent_args: Vec<String>,
+    replay_after_ms: u32,
 }
 
 impl Site {
@@ -68,6 +72,9 @@ impl Site {
             receiver: None,
             agent: None,
             receiver_runs: 0,
+            receiver_args: Vec::new(),
+            agent_args: Vec::new(),
+            replay_after_ms: 1500,
         }
     }
 
@@ -134,7 +141,8 @@ key = "{tls_key}"
             .args(["--keys-dir", path_str(&self.keys_dir)])
             .args(["--platform-key", path_str(&self.platform_key)])
             .args(["--store", path_str(&self.path("received.db"))])
-            .args(["--replay-after-ms", "1500"])
+            .args(["--replay-after-ms", &self.replay_after_ms.to_string()])
+            .args(&self.receiver_args)
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(log))
             .spawn()
@@ -169,6 +177,7 @@ key = "{tls_key}"
         let child = kouan()
             .args(["run", "--config", path_str(config)])
             .args(["--simulate-readings", &readings.to_string()])
+            .args(&self.agent_args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -196,6 +205,7 @@ key = "{tls_key}"
                     ["rejected", ..] => events.rejected.push(line.to_owned()),
                     ["conflict", ..] => events.conflicts.push(line.to_owned()),
                     ["replay", ..] => events.replays += 1,
+                    ["gap", _, range, reason] => events.gaps.push(format!("{range} {reason}")),
                     _ => {}
                 }
             }
@@ -281,6 +291,7 @@ struct Events {
     readings: u64,
     duplicates: u64,
     replays: u64,
+    gaps: Vec<String>,
     rejected: Vec<String>,
     conflicts: Vec<String>,
 }
@@ -385,12 +396,17 @@ fn receiver_offline_while_the_broker_queue_overflows_loses_nothing() {
         ..BrokerOptions::default()
     };
     let mut site = Site::new(&options);
+    // Each replay brings back about a queue's worth before the broker drops
+    // again; asking sooner keeps the rounds short.
+    site.replay_after_ms = 500;
     // The receiver's persistent session exists; then it goes away.
     site.start_receiver();
     std::thread::sleep(Duration::from_secs(1));
     site.stop_receiver();
-    let config = site.write_config(site.broker.port(), "");
-    site.start_agent(&config, 3_000);
+    // The newest records the broker dropped are invisible to the platform:
+    // the agent sends them again when no ack comes.
+    let config = site.write_config(site.broker.port(), "ack_timeout_secs = 3");
+    site.start_agent(&config, 1_500);
     // Let the agent publish everything while nobody reads: the broker keeps
     // 100 for the receiver and drops the rest after PUBACK.
     let log = site.path("agent.log");
@@ -405,17 +421,17 @@ fn receiver_offline_while_the_broker_queue_overflows_loses_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     let (_, held) = site.agent_store();
     assert!(
-        held >= 3_000,
+        held >= 1_500,
         "nothing may leave the agent without the platform's ack: {held}"
     );
     site.start_receiver();
-    let events = site.wait_delivered(3_000);
+    let events = site.wait_delivered(1_500);
     site.finish();
     assert!(
         events.replays > 0,
         "the dropped records must come back through a replay"
     );
-    assert_all_delivered("queue overflow", &events, 3_000);
+    assert_all_delivered("queue overflow", &events, 1_500);
 }
 
 #[test]
@@ -436,6 +452,116 @@ fn connections_cut_by_a_proxy_lose_nothing() {
         "the agent reconnected after every cut"
     );
     assert_all_delivered("proxy cuts", &events, 5_000);
+}
+
+/// Waits until the agent's log contains `text`.
+fn wait_for_log(site: &Site, text: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(site.path("agent.log"))
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the agent never logged {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn agent_holds_records_until_the_platform_host_is_online() {
+    let mut site = Site::new(&platform_broker());
+    let config = site.write_config(site.broker.port(), "platform_host = \"central-1\"");
+    site.start_agent(&config, 500);
+    wait_for_log(&site, "uplink connected");
+    wait_for_log(&site, "simulated readings are stored");
+    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(site.path("agent.log")).unwrap();
+    assert!(
+        !log.contains("published birth"),
+        "nothing is published while the host is away: {log}"
+    );
+    let (_, held) = site.agent_store();
+    assert!(held >= 500, "{held}");
+
+    site.receiver_args = vec!["--host-id".into(), "central-1".into()];
+    site.start_receiver();
+    let events = site.wait_delivered(500);
+    site.finish();
+    let log = std::fs::read_to_string(site.path("agent.log")).unwrap();
+    assert!(
+        log.contains("platform host state changed host=\"central-1\" online=true"),
+        "{log}"
+    );
+    assert_all_delivered("host gating", &events, 500);
+}
+
+#[test]
+fn broker_delivery_deletes_on_puback_even_with_nobody_listening() {
+    let mut site = Site::new(&platform_broker());
+    let config = site.write_config(site.broker.port(), "delivery = \"broker\"");
+    site.start_agent(&config, 1_000);
+    wait_for_log(&site, "simulated readings are stored");
+    // The weaker mode: the broker's PUBACK is taken as delivery, so the
+    // store empties although no platform received anything.
+    let start = Instant::now();
+    while site.agent_store().1 != 0 {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "store never emptied: {:?}",
+            site.agent_store()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    site.finish();
+}
+
+#[test]
+fn record_too_large_for_the_broker_is_set_aside_and_explained() {
+    let mut site = Site::new(&platform_broker());
+    site.start_receiver();
+    let config = site.write_config(site.broker.port(), "max_packet_bytes = 2000");
+    site.agent_args = vec!["--simulate-raw-bytes".into(), "4000".into()];
+    site.start_agent(&config, 3);
+    // The readings never arrive; gap records explain them, and the
+    // platform's ack covers them, so the agent's store empties.
+    let start = Instant::now();
+    let events = loop {
+        let events = site.events();
+        let explained = events
+            .gaps
+            .iter()
+            .filter(|g| g.ends_with("TooLarge"))
+            .count();
+        if explained == 3 && site.agent_store().1 == 0 {
+            break events;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{events:?} {:?}",
+            site.agent_store()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    site.finish();
+    assert_eq!(events.readings, 0, "no oversize reading was sent");
+    let too_large: Vec<&String> = events
+        .gaps
+        .iter()
+        .filter(|g| g.ends_with("TooLarge"))
+        .collect();
+    assert_eq!(too_large.len(), 3, "{:?}", events.gaps);
+    let set_aside: Vec<_> = std::fs::read_dir(site.path("agent/kouan.db.set-aside"))
+        .unwrap()
+        .collect();
+    assert_eq!(set_aside.len(), 3);
+    let log = std::fs::read_to_string(site.path("agent.log")).unwrap();
+    assert_eq!(
+        log.matches("record too large for the broker").count(),
+        3,
+        "{log}"
+    );
 }
 
 /// Publishes a file's bytes as a client of the broker.
