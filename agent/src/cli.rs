@@ -149,6 +149,9 @@ pub enum KeyCommand {
     Show {
         /// The key file.
         path: PathBuf,
+        /// Print only the SPKI PEM (to save as the public key file).
+        #[arg(long)]
+        pem: bool,
     },
 }
 
@@ -226,8 +229,8 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         Some(Command::Receive(args)) => receive(*args).map(|()| true),
         Some(Command::Keygen { out, alg }) => keygen(&out, alg).map(|()| true),
         Some(Command::Key {
-            command: KeyCommand::Show { path },
-        }) => key_show(&path).map(|()| true),
+            command: KeyCommand::Show { path, pem },
+        }) => key_show(&path, pem).map(|()| true),
         Some(Command::Verify { keys, file }) => verify_file(&keys, &file),
         Some(Command::Store {
             command: StoreCommand::Stats { store },
@@ -298,14 +301,18 @@ fn keygen(out: &Path, alg: Algorithm) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn key_show(path: &Path) -> anyhow::Result<()> {
+fn key_show(path: &Path, pem_only: bool) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let public = if bytes.starts_with(b"-----BEGIN PUBLIC KEY-----") {
         PublicKey::load(path)?
     } else {
         SigningKey::load(path)?.public_key().clone()
     };
-    print_public(&public);
+    if pem_only {
+        print!("{}", public.spki_pem());
+    } else {
+        print_public(&public);
+    }
     Ok(())
 }
 
