@@ -79,7 +79,8 @@ const LAYOUT_VERSION: i32 = 1;
 /// How many of the newest records have their signatures checked on open.
 ///
 /// Hashes and chain links of all stored records are checked on open, which
-/// costs about a second per million; signatures cost twenty times more, so
+/// costs about five seconds per million records on a two-core gateway
+/// (docs/performance.md); signatures would cost several times more, so
 /// only the tail written just before a crash is verified in full.
 pub const SIGNATURE_CHECK_DEPTH: u64 = 256;
 
@@ -358,6 +359,7 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(sqlite(path, "opening the database read-only"))?;
+        limit_cache(&conn, path)?;
         let mut store = Store {
             conn,
             path: path.to_owned(),
@@ -585,15 +587,24 @@ impl Store {
     /// What the store holds.
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let path = &self.path;
-        let (first, last, oldest): (Option<i64>, Option<i64>, Option<i64>) = self
+        // Each end is one b-tree descent on the rowid. (MIN and MAX in one
+        // SELECT would make SQLite scan the whole table.)
+        let (first, oldest): (Option<i64>, Option<i64>) = self
             .conn
             .query_row(
-                "SELECT MIN(seq), MAX(seq),
-                        (SELECT captured_ms FROM records ORDER BY seq LIMIT 1)
-                 FROM records",
+                "SELECT seq, captured_ms FROM records ORDER BY seq LIMIT 1",
                 [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
+            .optional()
+            .map_err(sqlite(path, "reading stats"))?
+            .unzip();
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM records ORDER BY seq DESC LIMIT 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
             .map_err(sqlite(path, "reading stats"))?;
         let records = match (first, last) {
             (Some(first), Some(last)) => (last - first + 1) as u64,
@@ -835,10 +846,19 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
         .map_err(sqlite(path, "setting synchronous = FULL"))?;
+    limit_cache(conn, path)?;
     // A second writer (another agent on the same file) waits, then fails clearly.
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sqlite(path, "setting the busy timeout"))?;
     Ok(())
+}
+
+/// Keeps SQLite's page cache small, so that resident memory does not grow
+/// with the backlog (the default cache of 2 MB fills as a large store is
+/// read). The kernel's page cache still serves repeated reads.
+fn limit_cache(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.execute_batch("PRAGMA cache_size = -256")
+        .map_err(sqlite(path, "limiting the page cache"))
 }
 
 /// Moves the database and its WAL and shared-memory files aside.
