@@ -463,7 +463,7 @@ fn store_export(path: &Path, from: Option<u64>, out: &Path) -> anyhow::Result<()
     let mut count = 0u64;
     let mut last = None;
     loop {
-        let page = store.read_from(next, 1024)?;
+        let page = store.read_from(next, 256)?;
         let Some(tail) = page.last() else { break };
         next = tail.seq + 1;
         for record in &page {

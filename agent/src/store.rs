@@ -751,7 +751,7 @@ impl Store {
         let mut total = 0u64;
         let verify_from = head.seq.saturating_sub(signature_depth.saturating_sub(1));
         loop {
-            let page = match self.read_from(expected, 1024) {
+            let page = match self.read_from(expected, 256) {
                 Ok(page) => page,
                 Err(StoreError::Sqlite { source, .. }) => {
                     return Err(damaged(path, Damage::Corrupt(source.to_string())));
