@@ -601,9 +601,11 @@ impl Store {
             .unzip();
         let last: Option<i64> = self
             .conn
-            .query_row("SELECT seq FROM records ORDER BY seq DESC LIMIT 1", [], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT seq FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
             .optional()
             .map_err(sqlite(path, "reading stats"))?;
         let records = match (first, last) {
@@ -844,8 +846,10 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             Damage::NotADatabase(format!("cannot use WAL (journal mode {mode})")),
         ));
     }
+    // On an existing file these are the first statements that read it, so
+    // a failure here is a damaged store, not an I/O error.
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
-        .map_err(sqlite(path, "setting synchronous = FULL"))?;
+        .map_err(|e| damaged(path, Damage::NotADatabase(e.to_string())))?;
     limit_cache(conn, path)?;
     // A second writer (another agent on the same file) waits, then fails clearly.
     conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -856,9 +860,12 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 /// Keeps SQLite's page cache small, so that resident memory does not grow
 /// with the backlog (the default cache of 2 MB fills as a large store is
 /// read). The kernel's page cache still serves repeated reads.
+///
+/// It is the first statement on a read-only connection, so a failure means
+/// the file is not a readable database.
 fn limit_cache(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA cache_size = -256")
-        .map_err(sqlite(path, "limiting the page cache"))
+        .map_err(|e| damaged(path, Damage::NotADatabase(e.to_string())))
 }
 
 /// Moves the database and its WAL and shared-memory files aside.

@@ -7,11 +7,19 @@
 //! await the record's seq, which arrives only after the record is fsynced:
 //! that is the moment a driver may acknowledge the instrument.
 //!
-//! The thread works in batches (group commit): it takes whatever has queued
-//! up, up to [`MAX_BATCH`], signs each record in turn, and commits them in
-//! one transaction. Signing is sequential by nature, because each record's
-//! `prev` covers the previous record's signature; the other core stays free
-//! for the drivers and the uplink, which do the parsing and the network.
+//! The work is a two-stage pipeline on two threads, so that both cores
+//! work when signing limits throughput. The signer thread takes whatever has
+//! queued up, up to [`MAX_BATCH`] (group commit), decides seqs and evictions,
+//! and signs each record in turn; signing is sequential by nature, because
+//! each record's `prev` covers the previous record's signature. The committer
+//! thread owns the store's write connection and commits each batch in one
+//! transaction (and fsync) while the signer already signs the next. At most
+//! one batch waits between them. Producers hear back only after the commit.
+//!
+//! If a commit fails, the committer refuses every batch already signed on
+//! top of it (the store's contiguity check does that) and tells the signer
+//! the durable head, from which the signer continues; nothing of a refused
+//! batch is stored, and its producers are told so.
 //!
 //! The thread also writes the agent's own records: the genesis record of a
 //! new stream, a checkpoint every N records or M minutes, and a gap record
@@ -170,18 +178,36 @@ impl Writer {
         key: SigningKey,
         config: WriterConfig,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StartError> {
-        let mut chain = Chain::new(store, key, config)?;
+        let mut store = store;
+        let mut chain = Chain::new(&store, key, config)?;
         if chain.head.is_none() {
-            chain.genesis(opened)?;
+            chain.genesis(&mut store, opened)?;
         } else {
             // A restart: state the head at once, and count N records from here.
-            chain.resume()?;
+            chain.resume(&mut store)?;
         }
+        chain.reader = Some(Store::open_read_only(store.path())?);
+        let (head_tx, head) = watch::channel(chain.head.map_or(0, |h| h.seq));
         let (tx, rx) = mpsc::channel(chain.config.queue.max(1));
-        let head = chain.head_tx.subscribe();
+        // One batch committing and one waiting: the signer runs ahead by one.
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(1);
+        let (feedback_tx, feedback_rx) = std::sync::mpsc::channel();
+        let committer = std::thread::Builder::new()
+            .name("kouan-commit".into())
+            .spawn(move || commit_loop(store, jobs_rx, feedback_tx, head_tx))
+            .map_err(|e| StartError::Thread(e.to_string()))?;
         let thread = std::thread::Builder::new()
             .name("kouan-writer".into())
-            .spawn(move || chain.run(rx))
+            .spawn(move || {
+                chain.run(rx, &jobs_tx, feedback_rx);
+                // The read connection closes first, so that the committer's
+                // is the last one and SQLite folds the WAL into the database.
+                drop(chain);
+                drop(jobs_tx);
+                if committer.join().is_err() {
+                    tracing::error!("the record committer panicked");
+                }
+            })
             .map_err(|e| StartError::Thread(e.to_string()))?;
         Ok((Writer { tx, head }, thread))
     }
@@ -243,17 +269,53 @@ pub enum StartError {
     Thread(String),
 }
 
-/// The writer thread's state: the store and the chain head.
+/// The signer's state: the chain head and a model of the store that
+/// includes the batches handed to the committer.
 struct Chain {
-    store: Store,
     key: SigningKey,
     config: WriterConfig,
+    /// The head as signed (durable, or on its way to the committer).
     head: Option<Head>,
-    /// Announces the head seq after each commit.
-    head_tx: watch::Sender<u64>,
+    /// Bytes the store will hold once the batches handed off are committed.
+    bytes: u64,
+    /// Oldest seq the store will hold then.
+    first: Option<u64>,
+    /// The newest seq planned for eviction in a batch handed off.
+    evicted_through: Option<u64>,
+    /// A read connection, to size the oldest records for eviction.
+    reader: Option<Store>,
+    /// Counts resets after failed commits: a failure reported for a batch
+    /// of an earlier generation was already handled.
+    generation: u64,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     full: bool,
+}
+
+/// Work for the committer thread, in the order the signer decided it.
+enum Job {
+    Commit {
+        generation: u64,
+        records: Vec<NewRecord>,
+        stream: [u8; STREAM_ID_LEN],
+        evict_through: Option<u64>,
+        waiting: Vec<(u64, oneshot::Sender<Result<Appended, AppendError>>)>,
+    },
+    Acknowledge(u64, oneshot::Sender<Result<u64, AppendError>>),
+    Stats(oneshot::Sender<Result<Stats, AppendError>>),
+}
+
+/// What the committer tells the signer about the store.
+enum Feedback {
+    /// A commit failed: the durable state to continue from.
+    Failed {
+        generation: u64,
+        head: Option<Head>,
+        bytes: u64,
+        first: Option<u64>,
+    },
+    /// Records through `through` were deleted, freeing `freed` bytes.
+    Acknowledged { through: u64, freed: u64 },
 }
 
 /// Records signed for one transaction, not yet durable.
@@ -274,22 +336,34 @@ struct Batch {
 const GAP_RESERVE: u64 = 512;
 
 impl Chain {
-    fn new(store: Store, key: SigningKey, config: WriterConfig) -> Result<Chain, StoreError> {
-        let head = store.head();
-        let (head_tx, _) = watch::channel(head.map_or(0, |h| h.seq));
-        Ok(Chain {
-            store,
+    fn new(store: &Store, key: SigningKey, config: WriterConfig) -> Result<Chain, StoreError> {
+        let mut chain = Chain {
             key,
             config,
-            head,
-            head_tx,
+            head: None,
+            bytes: 0,
+            first: None,
+            evicted_through: None,
+            reader: None,
+            generation: 0,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             full: false,
-        })
+        };
+        chain.load(store)?;
+        Ok(chain)
     }
 
-    fn genesis(&mut self, opened: &Opened) -> Result<(), StartError> {
+    /// Takes the head and usage from the store's durable state.
+    fn load(&mut self, store: &Store) -> Result<(), StoreError> {
+        self.head = store.head();
+        self.bytes = store.bytes();
+        self.first = store.stats()?.first;
+        self.evicted_through = None;
+        Ok(())
+    }
+
+    fn genesis(&mut self, store: &mut Store, opened: &Opened) -> Result<(), StartError> {
         let mut stream = [0u8; STREAM_ID_LEN];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut stream)
             .map_err(|_| StartError::Random)?;
@@ -309,7 +383,7 @@ impl Chain {
             },
             Opened::Created | Opened::Existing => GenesisBody {
                 reason: GenesisReason::NewStore,
-                detail: format!("new store at {}", self.store.path().display()),
+                detail: format!("new store at {}", store.path().display()),
                 previous_stream: None,
                 previous_head: None,
             },
@@ -327,9 +401,8 @@ impl Chain {
         let entry = agent_entry(Kind::Genesis, record::body(&body)?);
         self.sign_into(&mut batch, &entry)
             .map_err(|e| StartError::Thread(e.to_string()))?;
-        self.store.append(&batch.records, stream, None)?;
-        self.head = self.store.head();
-        self.announce_head();
+        store.append(&batch.records, stream, None)?;
+        self.load(store)?;
         tracing::info!(
             stream = %hex::encode(stream),
             reason = ?body.reason,
@@ -340,7 +413,7 @@ impl Chain {
     }
 
     /// Writes a checkpoint when the agent resumes an existing chain.
-    fn resume(&mut self) -> Result<(), StartError> {
+    fn resume(&mut self, store: &mut Store) -> Result<(), StartError> {
         let head = self
             .head
             .ok_or_else(|| StartError::Thread("no chain head".into()))?;
@@ -356,9 +429,8 @@ impl Chain {
         };
         self.checkpoint(&mut batch)
             .map_err(|e| StartError::Thread(e.to_string()))?;
-        self.store.append(&batch.records, head.stream, None)?;
-        self.head = self.store.head();
-        self.announce_head();
+        store.append(&batch.records, head.stream, None)?;
+        self.load(store)?;
         tracing::info!(
             stream = %hex::encode(head.stream),
             head = head.seq + 1,
@@ -367,7 +439,12 @@ impl Chain {
         Ok(())
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Request>,
+        jobs: &std::sync::mpsc::SyncSender<Job>,
+        feedback: std::sync::mpsc::Receiver<Feedback>,
+    ) {
         // A private clock-only runtime lets this thread wait on the channel
         // with a timeout for the next time-based checkpoint.
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -397,26 +474,67 @@ impl Chain {
                     Err(_) => break,
                 }
             }
-            self.handle(&mut requests);
+            self.take_feedback(&feedback);
+            if self.handle(&mut requests, jobs).is_err() {
+                tracing::error!("the record committer stopped; the writer stops too");
+                return;
+            }
         }
         tracing::debug!("record writer stopped: every producer is gone");
     }
 
-    /// Handles queued requests: acks first, then appends in one commit.
-    fn handle(&mut self, requests: &mut Vec<Request>) {
+    /// Applies what the committer reported since the last batch.
+    fn take_feedback(&mut self, feedback: &std::sync::mpsc::Receiver<Feedback>) {
+        while let Ok(news) = feedback.try_recv() {
+            match news {
+                Feedback::Failed {
+                    generation,
+                    head,
+                    bytes,
+                    first,
+                } => {
+                    // Later batches of that generation fail too; reset once.
+                    if generation != self.generation {
+                        continue;
+                    }
+                    self.generation += 1;
+                    self.head = head;
+                    self.bytes = bytes;
+                    self.first = first;
+                    self.evicted_through = None;
+                    self.since_checkpoint = 0;
+                }
+                Feedback::Acknowledged { through, freed } => {
+                    self.bytes = self.bytes.saturating_sub(freed);
+                    let head = self.head.map(|h| h.seq);
+                    self.first = match (self.first, head) {
+                        (Some(first), Some(head)) if first <= through => {
+                            (through < head).then_some(through + 1)
+                        }
+                        (first, _) => first,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Signs the queued appends into one batch and hands it, with the acks
+    /// and stats requests, to the committer in order. Fails only when the
+    /// committer is gone.
+    fn handle(
+        &mut self,
+        requests: &mut Vec<Request>,
+        jobs: &std::sync::mpsc::SyncSender<Job>,
+    ) -> Result<(), ()> {
         let mut appends = Vec::with_capacity(requests.len());
-        let mut stats = Vec::new();
+        let mut later = Vec::new();
         for request in requests.drain(..) {
             match request {
                 Request::Append(entry, reply) => appends.push((entry, reply)),
                 Request::Acknowledge(seq, reply) => {
-                    let outcome = self
-                        .store
-                        .acknowledge(seq)
-                        .map_err(|e| AppendError::Store(e.to_string()));
-                    let _ = reply.send(outcome);
+                    jobs.send(Job::Acknowledge(seq, reply)).map_err(|_| ())?;
                 }
-                Request::Stats(reply) => stats.push(reply),
+                Request::Stats(reply) => later.push(Job::Stats(reply)),
             }
         }
 
@@ -425,9 +543,8 @@ impl Chain {
             for (_, reply) in appends {
                 let _ = reply.send(Err(AppendError::Store("the chain has no head".into())));
             }
-            return;
+            return Ok(());
         };
-        let first_stored = self.store.stats().ok().and_then(|s| s.first);
         let mut batch = Batch {
             stream: head.stream,
             next_seq: head.seq + 1,
@@ -436,7 +553,7 @@ impl Chain {
             bytes: 0,
             evict_through: None,
             evicted_bytes: 0,
-            evict_next: first_stored,
+            evict_next: self.evicted_through.map(|t| t + 1).or(self.first),
         };
 
         let mut waiting = Vec::with_capacity(appends.len());
@@ -464,37 +581,32 @@ impl Chain {
             self.last_checkpoint = Instant::now();
         }
 
-        let outcome = if batch.records.is_empty() && batch.evict_through.is_none() {
-            Ok(())
-        } else {
-            self.store
-                .append(&batch.records, batch.stream, batch.evict_through)
-        };
-        match outcome {
-            Ok(()) => {
-                self.head = self.store.head();
-                self.announce_head();
-                for (seq, reply) in waiting {
-                    let _ = reply.send(Ok(Appended { seq }));
-                }
+        if let Some(last) = batch.records.last() {
+            // The model moves now; a failed commit resets it (take_feedback).
+            self.head = Some(Head {
+                stream: batch.stream,
+                seq: last.seq,
+                hash: last.hash,
+            });
+            self.bytes = self.bytes - batch.evicted_bytes + batch.bytes;
+            if let Some(through) = batch.evict_through {
+                self.evicted_through = Some(through);
+                self.first = Some(through + 1);
             }
-            Err(error) => {
-                // Nothing of the batch is stored; producers keep their data.
-                tracing::warn!(%error, records = batch.records.len(), "store refused a batch");
-                let message = error.to_string();
-                for (_, reply) in waiting {
-                    let _ = reply.send(Err(AppendError::Store(message.clone())));
-                }
-                self.since_checkpoint = 0;
-            }
+            self.first = self.first.or(batch.records.first().map(|r| r.seq));
+            let job = Job::Commit {
+                generation: self.generation,
+                records: batch.records,
+                stream: batch.stream,
+                evict_through: batch.evict_through,
+                waiting,
+            };
+            jobs.send(job).map_err(|_| ())?;
         }
-        for reply in stats {
-            let _ = reply.send(
-                self.store
-                    .stats()
-                    .map_err(|e| AppendError::Store(e.to_string())),
-            );
+        for job in later {
+            jobs.send(job).map_err(|_| ())?;
         }
+        Ok(())
     }
 
     /// Signs an entry into the batch if the store has room, evicting under
@@ -556,7 +668,7 @@ impl Chain {
 
     /// Bytes over the cap if the batch were committed now.
     fn excess(&self, batch: &Batch) -> u64 {
-        let total = self.store.bytes() - batch.evicted_bytes + batch.bytes;
+        let total = self.bytes - batch.evicted_bytes + batch.bytes;
         total.saturating_sub(self.config.max_bytes)
     }
 
@@ -569,8 +681,10 @@ impl Chain {
         let Some(from) = batch.evict_next else {
             return Err(full);
         };
-        let candidates = self
-            .store
+        let Some(reader) = &self.reader else {
+            return Err(full);
+        };
+        let candidates = reader
             .oldest_sizes(from, 4096)
             .map_err(|e| AppendError::Store(e.to_string()))?;
         let mut freed = 0u64;
@@ -603,12 +717,6 @@ impl Chain {
         Ok(())
     }
 
-    fn announce_head(&self) {
-        if let Some(head) = self.head {
-            self.head_tx.send_replace(head.seq);
-        }
-    }
-
     fn head_hash(&self) -> [u8; HASH_LEN] {
         self.head.map_or([0; HASH_LEN], |h| h.hash)
     }
@@ -623,20 +731,16 @@ impl Chain {
     }
 
     fn checkpoint(&mut self, batch: &mut Batch) -> Result<(), AppendError> {
-        let stats = self
-            .store
-            .stats()
-            .map_err(|e| AppendError::Store(e.to_string()))?;
         let first = batch
             .evict_through
             .map(|t| t + 1)
-            .or(stats.first)
+            .or(self.first)
             .or(batch.records.first().map(|r| r.seq))
             .unwrap_or(batch.next_seq);
         let body = CheckpointBody {
             first,
             records: batch.next_seq - first,
-            bytes: stats.bytes - batch.evicted_bytes + batch.bytes,
+            bytes: self.bytes - batch.evicted_bytes + batch.bytes,
         };
         let body = record::body(&body).map_err(|e| AppendError::Record(e.to_string()))?;
         self.sign_into(batch, &agent_entry(Kind::Checkpoint, body))?;
@@ -684,5 +788,64 @@ fn agent_entry(kind: Kind, body: Value) -> Entry {
         kind,
         time: CaptureTime::now(),
         body,
+    }
+}
+
+/// The committer thread: commits batches in order, answers acks and stats,
+/// and announces the durable head.
+fn commit_loop(
+    mut store: Store,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    feedback: std::sync::mpsc::Sender<Feedback>,
+    head_tx: watch::Sender<u64>,
+) {
+    for job in jobs {
+        match job {
+            Job::Commit {
+                generation,
+                records,
+                stream,
+                evict_through,
+                waiting,
+            } => match store.append(&records, stream, evict_through) {
+                Ok(()) => {
+                    if let Some(head) = store.head() {
+                        head_tx.send_replace(head.seq);
+                    }
+                    for (seq, reply) in waiting {
+                        let _ = reply.send(Ok(Appended { seq }));
+                    }
+                }
+                Err(error) => {
+                    // Nothing of the batch is stored; producers keep their data.
+                    tracing::warn!(%error, records = records.len(), "store refused a batch");
+                    let message = error.to_string();
+                    for (_, reply) in waiting {
+                        let _ = reply.send(Err(AppendError::Store(message.clone())));
+                    }
+                    let first = store.stats().ok().and_then(|s| s.first);
+                    let _ = feedback.send(Feedback::Failed {
+                        generation,
+                        head: store.head(),
+                        bytes: store.bytes(),
+                        first,
+                    });
+                }
+            },
+            Job::Acknowledge(through, reply) => {
+                let before = store.bytes();
+                let outcome = store
+                    .acknowledge(through)
+                    .map_err(|e| AppendError::Store(e.to_string()));
+                if matches!(outcome, Ok(deleted) if deleted > 0) {
+                    let freed = before - store.bytes();
+                    let _ = feedback.send(Feedback::Acknowledged { through, freed });
+                }
+                let _ = reply.send(outcome);
+            }
+            Job::Stats(reply) => {
+                let _ = reply.send(store.stats().map_err(|e| AppendError::Store(e.to_string())));
+            }
+        }
     }
 }
