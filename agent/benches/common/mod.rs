@@ -15,12 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_bytes::ByteBuf;
 
-use kouan_agent::clock::{self, CaptureTime};
+use kouan_agent::clock;
 use kouan_agent::keys::SigningKey;
-use kouan_agent::record::{
-    self, HASH_LEN, Kind, MeasuredValue, Measurement, Payload, ReadingBody, SCHEMA_VERSION,
-    STREAM_ID_LEN,
-};
+use kouan_agent::record::{self, HASH_LEN, Payload, SCHEMA_VERSION, STREAM_ID_LEN};
 use kouan_agent::store::{self, NewRecord};
 use kouan_agent::writer::{Entry, Writer};
 
@@ -34,29 +31,10 @@ pub const SITE: &str = "guiyang-airport";
 /// `kouan debug append` readings carry by default.
 const RAW_LEN: usize = 32;
 
-/// Reading number `n`: one balance value with its raw line and sample id,
-/// shaped like the readings `kouan debug append` records.
+/// Reading number `n`: the synthetic balance reading the agent itself uses
+/// for `kouan debug append` and `kouan run --simulate-readings`.
 pub fn reading(n: u64) -> anyhow::Result<Entry> {
-    let raw: Vec<u8> = (0..RAW_LEN)
-        .map(|i| b'0' + ((n as usize + i) % 10) as u8)
-        .collect();
-    let body = ReadingBody {
-        values: vec![Measurement {
-            name: "mass".into(),
-            value: MeasuredValue::Number(n as f64 / 100.0),
-            unit: Some("g".into()),
-            flags: vec![],
-        }],
-        raw: ByteBuf::from(raw),
-        sample: Some(format!("S-{n:08}")),
-        hazard: Some("physical".into()),
-    };
-    Ok(Entry {
-        instrument: "balance-1".into(),
-        kind: Kind::Reading,
-        time: CaptureTime::now(),
-        body: record::body(&body)?,
-    })
+    Ok(kouan_agent::run::synthetic_reading(n, RAW_LEN)?)
 }
 
 /// Signs an entry as record `seq` of `stream` after `prev`, the way the
