@@ -225,6 +225,7 @@ impl Uplink {
     ) -> End {
         let topics = Topics::new(&self.node);
         let mut head = self.writer.head();
+        let mut writer_alive = true;
         let mut session: Option<Session> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut client = Some(client);
@@ -288,7 +289,11 @@ impl Uplink {
                         _ => {}
                     }
                 }
-                _ = head.changed() => {}
+                changed = head.changed(), if writer_alive => {
+                    // A stopped writer drops the sender; without this the
+                    // branch would fire at once on every turn.
+                    writer_alive = changed.is_ok();
+                }
                 _ = tick.tick() => {
                     if let Some(s) = &mut session {
                         for seq in s.set_aside.drain(..) {
