@@ -132,7 +132,9 @@ pub async fn run(config: ReceiveConfig, mut shutdown: watch::Receiver<bool>) -> 
 
     let mut backoff = Duration::from_millis(200);
     loop {
-        let (client, mut eventloop) = receiver.client()?;
+        let (client, eventloop) = receiver.client()?;
+        // Polled in its own task: a cancelled poll can break the connection.
+        let mut events = crate::uplink::Poller::spawn(eventloop);
         let mut tick = tokio::time::interval(config.ack_interval);
         let lost = loop {
             tokio::select! {
@@ -140,11 +142,11 @@ pub async fn run(config: ReceiveConfig, mut shutdown: watch::Receiver<bool>) -> 
                     receiver.commit_and_ack(&client)?;
                     receiver.goodbye(&client);
                     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while eventloop.poll().await.is_ok() {}
+                        while events.next().await.is_ok() {}
                     }).await;
                     return Ok(());
                 }
-                event = eventloop.poll() => match event {
+                event = events.next() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(200);
                         receiver.on_connect(&client)?;
@@ -153,7 +155,7 @@ pub async fn run(config: ReceiveConfig, mut shutdown: watch::Receiver<bool>) -> 
                         receiver.on_publish(&p.topic, &p.payload)?;
                     }
                     Ok(_) => {}
-                    Err(error) => break error.to_string(),
+                    Err(error) => break error,
                 },
                 _ = tick.tick() => {
                     receiver.commit_and_ack(&client)?;

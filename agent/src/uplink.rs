@@ -18,9 +18,12 @@
 //! ahead of the backlog, and alerts go ahead of both; the backlog is read
 //! page by page, so memory stays flat whatever its size.
 //!
-//! One task owns the event loop and makes every publishing decision, so no
-//! channel between them can fill up and deadlock: it polls the event loop,
-//! and between events tops up the in-flight window with `try_publish`.
+//! rumqttc's `EventLoop::poll` is not safe to cancel (a cancelled poll can
+//! abandon a half-made connection, whose last will the broker then
+//! publishes), so a small task per connection does nothing but poll it and
+//! forward the events over a channel. One uplink task makes every publishing
+//! decision: it takes events from that channel and, between them, tops up
+//! the in-flight window with `try_publish`.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -214,7 +217,7 @@ impl Uplink {
     async fn connection(
         &self,
         client: AsyncClient,
-        mut eventloop: EventLoop,
+        eventloop: EventLoop,
         session_id: i64,
         reader: &mut Store,
         broker_acked: &mut BrokerAcks,
@@ -224,6 +227,7 @@ impl Uplink {
         was_connected: &mut bool,
     ) -> End {
         let topics = Topics::new(&self.node);
+        let mut events = Poller::spawn(eventloop);
         let mut head = self.writer.head();
         let mut writer_alive = true;
         let mut session: Option<Session> = None;
@@ -234,15 +238,15 @@ impl Uplink {
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         if let Some(session) = &session {
-                            self.goodbye(session, &mut eventloop).await;
+                            self.goodbye(session, &mut events).await;
                         }
                         return End::Shutdown;
                     }
                 }
-                event = eventloop.poll() => {
+                event = events.next() => {
                     let event = match event {
                         Ok(event) => event,
-                        Err(error) => return End::Lost(error.to_string()),
+                        Err(error) => return End::Lost(error),
                     };
                     match event {
                         Event::Incoming(Packet::ConnAck(_)) => {
@@ -748,7 +752,7 @@ impl Uplink {
     }
 
     /// On shutdown: the death message, retained, then a clean disconnect.
-    async fn goodbye(&self, s: &Session, eventloop: &mut EventLoop) {
+    async fn goodbye(&self, s: &Session, events: &mut Poller) {
         let topics = Topics::new(&self.node);
         let death = Death {
             v: MESSAGE_VERSION,
@@ -766,7 +770,7 @@ impl Uplink {
         // Drive the loop until the disconnect is out, briefly.
         let drain = async {
             loop {
-                match eventloop.poll().await {
+                match events.next().await {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                     Ok(_) => {}
                 }
@@ -774,6 +778,46 @@ impl Uplink {
         };
         let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
         tracing::info!("uplink disconnected cleanly");
+    }
+}
+
+/// Polls a connection's event loop in a task of its own, which is never
+/// cancelled mid-poll, and hands the events over a channel. Dropping the
+/// poller ends the task and with it the connection.
+pub(crate) struct Poller {
+    events: tokio::sync::mpsc::Receiver<Result<Event, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Poller {
+    pub(crate) fn spawn(mut eventloop: EventLoop) -> Poller {
+        // A few hundred events of slack; when it is full the poll waits,
+        // which is the backpressure rumqttc expects.
+        let (tx, events) = tokio::sync::mpsc::channel(256);
+        let task = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await.map_err(|e| e.to_string());
+                let failed = event.is_err();
+                if tx.send(event).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Poller { events, task }
+    }
+
+    /// The next event; cancel-safe. An error ends the connection.
+    pub(crate) async fn next(&mut self) -> Result<Event, String> {
+        match self.events.recv().await {
+            Some(event) => event,
+            None => Err("the MQTT event loop stopped".into()),
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

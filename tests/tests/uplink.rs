@@ -205,6 +205,7 @@ key = "{tls_key}"
                     ["rejected", ..] => events.rejected.push(line.to_owned()),
                     ["conflict", ..] => events.conflicts.push(line.to_owned()),
                     ["replay", ..] => events.replays += 1,
+                    ["death", ..] => events.deaths += 1,
                     ["gap", _, range, reason] => events.gaps.push(format!("{range} {reason}")),
                     _ => {}
                 }
@@ -291,6 +292,7 @@ struct Events {
     readings: u64,
     duplicates: u64,
     replays: u64,
+    deaths: u64,
     gaps: Vec<String>,
     rejected: Vec<String>,
     conflicts: Vec<String>,
@@ -339,6 +341,13 @@ fn ten_thousand_readings_arrive_exactly_once_through_tls_and_acl() {
     let log = std::fs::read_to_string(site.path("agent.log")).unwrap();
     assert!(log.contains("uplink connected"), "{log}");
     assert!(log.contains("uplink disconnected cleanly"), "{log}");
+    // One connection, one death message (the clean shutdown's): a
+    // cancelled rumqttc poll used to abandon half-made connections, whose
+    // last will the broker published while the agent was running.
+    let deaths = site.events().deaths;
+    assert_eq!(deaths, 1, "death messages seen by the receiver");
+    let connects = site.broker.log().matches(&format!("as {AGENT} ")).count();
+    assert_eq!(connects, 1, "{}", site.broker.log());
 }
 
 #[test]
