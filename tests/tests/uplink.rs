@@ -452,6 +452,12 @@ fn connections_cut_by_a_proxy_lose_nothing() {
     site.start_agent(&config, 5_000);
     for at in [500, 1_500, 3_000] {
         site.wait_for_readings(at);
+        // Cut a live connection, not the gap while the agent backs off.
+        let start = Instant::now();
+        while proxy.open_connections() == 0 {
+            assert!(start.elapsed() < PATIENCE, "the agent never reconnected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         proxy.cut();
     }
     let events = site.wait_delivered(5_000);
