@@ -21,9 +21,9 @@
 //! the durable head, from which the signer continues; nothing of a refused
 //! batch is stored, and its producers are told so.
 //!
-//! The thread also writes the agent's own records: the genesis record of a
-//! new stream, a checkpoint every N records or M minutes, and a gap record
-//! whenever the `drop_oldest` policy evicts records.
+//! The signer also writes the agent's own records: the genesis record of a
+//! new stream, a checkpoint after every N readings, after M minutes and at
+//! every start, and a gap record whenever `drop_oldest` evicts records.
 
 use std::time::{Duration, Instant};
 
