@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod astm;
 pub mod clock;
 pub mod config;
 pub mod keys;
