@@ -41,6 +41,7 @@ pub mod platform;
 pub mod receive;
 pub mod record;
 pub mod run;
+pub mod scan;
 pub mod store;
 pub mod tls;
 pub mod uplink;
