@@ -285,36 +285,14 @@ impl Site {
     /// broker with TLS, and the store at `store`; `delivery` is the uplink's
     /// `delivery` setting.
     fn agent_config(&self, dir: &Path, store: &Path, delivery: &str) -> anyhow::Result<PathBuf> {
-        let tls = self.broker.client(AGENT);
-        let config = format!(
-            r#"[agent]
-node = "{AGENT}"
-site = "guiyang-airport"
-
-[keys]
-signing = "{key}"
-
-[store]
-path = "{store}"
-
-[uplink]
-host = "localhost"
-port = {port}
-platform_key = "{platform_pub}"
-delivery = "{delivery}"
-
-[uplink.tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{tls_key}"
-"#,
-            key = path_str(&self.agent_key),
-            store = path_str(store),
-            port = self.broker.port(),
-            platform_pub = path_str(&self.platform_pub),
-            ca = path_str(self.broker.ca()),
-            cert = path_str(&tls.cert),
-            tls_key = path_str(&tls.key),
+        let config = kouan_tests::agent_config(
+            &self.broker,
+            self.broker.port(),
+            &self.agent_key,
+            store,
+            &self.platform_pub,
+            "",
+            &format!("delivery = \"{delivery}\""),
         );
         let path = dir.join("kouan.toml");
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;

@@ -149,6 +149,52 @@ pub fn export(store: &Path, from: Option<u64>, out: &Path) -> Vec<u8> {
     std::fs::read(out).expect("export file readable")
 }
 
+/// The TOML of an agent that reaches `broker`'s TLS listener on `port` (the
+/// broker's own, or a proxy's) as node [`pki::AGENT`], with extra lines for
+/// its `[store]` and `[uplink]` sections.
+pub fn agent_config(
+    broker: &broker::Broker,
+    port: u16,
+    key: &Path,
+    store: &Path,
+    platform_pub: &Path,
+    store_extra: &str,
+    uplink_extra: &str,
+) -> String {
+    let tls = broker.client(pki::AGENT);
+    format!(
+        r#"[agent]
+node = "{node}"
+site = "guiyang-airport"
+
+[keys]
+signing = "{key}"
+
+[store]
+path = "{store}"
+{store_extra}
+
+[uplink]
+host = "localhost"
+port = {port}
+platform_key = "{platform_pub}"
+{uplink_extra}
+
+[uplink.tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{tls_key}"
+"#,
+        node = pki::AGENT,
+        key = path_str(key),
+        store = path_str(store),
+        platform_pub = path_str(platform_pub),
+        ca = path_str(broker.ca()),
+        cert = path_str(&tls.cert),
+        tls_key = path_str(&tls.key),
+    )
+}
+
 pub mod broker;
 pub mod pki;
 pub mod proxy;

@@ -89,37 +89,14 @@ impl Site {
     /// The agent's config, reaching the broker at `port` (the broker's own,
     /// or a proxy's).
     fn write_config(&self, port: u16, extra: &str) -> PathBuf {
-        let tls = self.broker.client(AGENT);
-        let config = format!(
-            r#"[agent]
-node = "{AGENT}"
-site = "guiyang-airport"
-
-[keys]
-signing = "{key}"
-
-[store]
-path = "{store}"
-checkpoint_every = 500
-
-[uplink]
-host = "localhost"
-port = {port}
-platform_key = "{platform_pub}"
-keep_alive_secs = 5
-{extra}
-
-[uplink.tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{tls_key}"
-"#,
-            key = path_str(&self.agent_key),
-            store = path_str(&self.store()),
-            platform_pub = path_str(&self.platform_pub),
-            ca = path_str(self.broker.ca()),
-            cert = path_str(&tls.cert),
-            tls_key = path_str(&tls.key),
+        let config = kouan_tests::agent_config(
+            &self.broker,
+            port,
+            &self.agent_key,
+            &self.store(),
+            &self.platform_pub,
+            "checkpoint_every = 500",
+            &format!("keep_alive_secs = 5\n{extra}"),
         );
         let path = self.path("agent/kouan.toml");
         std::fs::write(&path, config).unwrap();
