@@ -96,7 +96,7 @@ impl Site {
             &self.store(),
             &self.platform_pub,
             "checkpoint_every = 500",
-            &format!("keep_alive_secs = 5\n{extra}"),
+            extra,
         );
         let path = self.path("agent/kouan.toml");
         std::fs::write(&path, config).unwrap();
@@ -312,6 +312,14 @@ fn ten_thousand_readings_arrive_exactly_once_through_tls_and_acl() {
     let config = site.write_config(site.broker.port(), "");
     site.start_agent(&config, 10_000);
     let events = site.wait_delivered(10_000);
+    // Stop the agent first and let its clean-shutdown death message reach
+    // the receiver before that stops too.
+    let mut agent = site.agent.take().unwrap();
+    terminate(&mut agent);
+    let start = Instant::now();
+    while site.events().deaths == 0 && start.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     site.finish();
     assert_eq!(events.readings, 10_000);
     assert_all_delivered("clean run", &events, 10_000);
@@ -346,7 +354,7 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
 fn broker_frozen_then_resumed_loses_nothing() {
     let mut site = Site::new(&platform_broker());
     site.start_receiver();
-    let config = site.write_config(site.broker.port(), "");
+    let config = site.write_config(site.broker.port(), "keep_alive_secs = 5");
     site.start_agent(&config, 5_000);
     site.wait_for_readings(1_000);
     site.broker.freeze();
