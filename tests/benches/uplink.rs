@@ -550,16 +550,7 @@ struct RawRun {
 async fn raw_run(site: &Site, payload: &[u8], subscribe: bool) -> anyhow::Result<RawRun> {
     reset_broker(site).await?;
     let subscriber = if subscribe {
-        let (client, mut events) = mqtt(site, PLATFORM, false)?;
-        until(&mut events, "the subscriber's CONNACK", |e| {
-            matches!(e, Event::Incoming(Packet::ConnAck(_)))
-        })
-        .await?;
-        client.subscribe(RECORD_FILTER, QoS::AtLeastOnce).await?;
-        until(&mut events, "SUBACK", |e| {
-            matches!(e, Event::Incoming(Packet::SubAck(_)))
-        })
-        .await?;
+        let (client, events) = subscribe_platform(site).await?;
         Some((client, tokio::spawn(receive_all(events, RAW_MESSAGES))))
     } else {
         None
@@ -672,6 +663,22 @@ async fn reset_broker(site: &Site) -> anyhow::Result<()> {
 }
 
 /// A rumqttc client with `user`'s certificate and the agent's TLS setup.
+/// A persistent QoS 1 subscriber to the record topics with the platform's
+/// certificate, connected and subscribed.
+async fn subscribe_platform(site: &Site) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let (client, mut events) = mqtt(site, PLATFORM, false)?;
+    until(&mut events, "the subscriber's CONNACK", |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await?;
+    client.subscribe(RECORD_FILTER, QoS::AtLeastOnce).await?;
+    until(&mut events, "SUBACK", |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await?;
+    Ok((client, events))
+}
+
 fn mqtt(site: &Site, user: &str, clean: bool) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let files = site.broker.client(user);
     let tls = TlsSection {
@@ -738,16 +745,7 @@ async fn broker_drain(site: &Site, store: &Path) -> anyhow::Result<UplinkOnly> {
     // Everything up to the head; the birth goes to the state topic.
     let expected = head.seq + 1;
 
-    let (client, mut events) = mqtt(site, PLATFORM, false)?;
-    until(&mut events, "the subscriber's CONNACK", |e| {
-        matches!(e, Event::Incoming(Packet::ConnAck(_)))
-    })
-    .await?;
-    client.subscribe(RECORD_FILTER, QoS::AtLeastOnce).await?;
-    until(&mut events, "SUBACK", |e| {
-        matches!(e, Event::Incoming(Packet::SubAck(_)))
-    })
-    .await?;
+    let (client, events) = subscribe_platform(site).await?;
     let receiving = tokio::spawn(receive_records(events, expected));
 
     let broker = site.broker.pid().context("the broker is not running")?;
