@@ -36,7 +36,9 @@
 pub mod astm;
 pub mod clock;
 pub mod config;
+pub mod hl7;
 pub mod keys;
+pub mod modbus;
 pub mod platform;
 pub mod receive;
 pub mod record;
@@ -46,4 +48,5 @@ pub mod store;
 pub mod tls;
 pub mod uplink;
 pub mod verify;
+pub mod wedge;
 pub mod writer;

@@ -16,5 +16,6 @@
 //! results as readings) is not written, so no analyzer can be configured yet.
 
 pub mod link;
+pub mod records;
 
 pub use link::{Event, LinkConfig, LinkStats, MessageEnd, Receiver};

@@ -1,0 +1,1 @@
+//! ASTM E1394 records (being built).

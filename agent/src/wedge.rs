@@ -1,0 +1,1 @@
+//! USB keyboard-wedge scanners through evdev (being built).
