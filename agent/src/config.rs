@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::instrument::{DriverKind, InstrumentConfig};
 use crate::writer::{FullPolicy, WriterConfig};
 
 /// The whole configuration.
@@ -25,6 +26,9 @@ pub struct Config {
     /// The MQTT uplink; without it the agent only stores.
     #[serde(default)]
     pub uplink: Option<UplinkSection>,
+    /// The instruments, one `[[instrument]]` section each.
+    #[serde(default, rename = "instrument")]
+    pub instruments: Vec<InstrumentConfig>,
 }
 
 /// `[agent]`
@@ -176,6 +180,16 @@ pub enum ConfigError {
         /// toml's message, with line, column and the offending field.
         message: String,
     },
+    /// An instrument section is wrong.
+    #[error("config {path}: {field}: {message}")]
+    Instrument {
+        /// The file.
+        path: PathBuf,
+        /// The instrument and its field.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The fields are each fine but do not fit together.
     #[error("config {path}: {field}: {message}")]
     Invalid {
@@ -278,6 +292,63 @@ impl Config {
                     "uplink.platform_host",
                     format!("{host:?} must be 1 to 64 of a-z, 0-9, '-' and '_'"),
                 ));
+            }
+        }
+        self.validate_instruments(path)
+    }
+
+    fn validate_instruments(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Instrument {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let mut ids = std::collections::HashSet::new();
+        let mut ports = std::collections::HashMap::new();
+        for instrument in &self.instruments {
+            instrument
+                .validate()
+                .map_err(|(field, message)| invalid(field, message))?;
+            if !ids.insert(instrument.id.as_str()) {
+                return Err(invalid(
+                    format!("instrument {:?}", instrument.id),
+                    "two [[instrument]] sections have this id".into(),
+                ));
+            }
+            let device = instrument.port.as_ref().or(instrument.input.as_ref());
+            if let Some(device) = device
+                && let Some(other) = ports.insert(device.clone(), instrument.id.as_str())
+            {
+                return Err(invalid(
+                    format!("instrument {:?}: port", instrument.id),
+                    format!(
+                        "{} is also the port of instrument {other:?}: one device, one instrument",
+                        device.display()
+                    ),
+                ));
+            }
+        }
+        for instrument in &self.instruments {
+            let Some(scanner) = &instrument.scanner else {
+                continue;
+            };
+            for linked in &scanner.instruments {
+                let target = self.instruments.iter().find(|i| &i.id == linked);
+                match target {
+                    None => {
+                        return Err(invalid(
+                            format!("instrument {:?}: scanner.instruments", instrument.id),
+                            format!("no [[instrument]] has id {linked:?}"),
+                        ));
+                    }
+                    Some(target) if target.driver == DriverKind::Scanner => {
+                        return Err(invalid(
+                            format!("instrument {:?}: scanner.instruments", instrument.id),
+                            format!("{linked:?} is a scanner: scans are traced to readings"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Ok(())

@@ -16,12 +16,7 @@
 //! let key = SigningKey::load("agent.key".as_ref())?;
 //! let (store, opened) = Store::open_or_recover("kouan.db".as_ref(), &[key.public_key().clone()])?;
 //! let (writer, _thread) = Writer::start(store, &opened, key, WriterConfig::new("gy-air-01", "guiyang-airport"))?;
-//! let body = record::ReadingBody {
-//!     values: vec![],
-//!     raw: serde_bytes::ByteBuf::from(b"S S     100.00 g\r\n".to_vec()),
-//!     sample: None,
-//!     hazard: None,
-//! };
+//! let body = record::ReadingBody::new(vec![], b"S S     100.00 g\r\n".to_vec());
 //! let entry = Entry {
 //!     instrument: "balance-1".into(),
 //!     kind: record::Kind::Reading,
@@ -37,6 +32,7 @@ pub mod astm;
 pub mod clock;
 pub mod config;
 pub mod hl7;
+pub mod instrument;
 pub mod keys;
 pub mod modbus;
 pub mod platform;

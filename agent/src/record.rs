@@ -49,6 +49,8 @@ pub enum Kind {
     Gap,
     /// A limit or control order matched.
     Alert,
+    /// A barcode scan of a sample, batch or consignment.
+    Scan,
 }
 
 impl Kind {
@@ -61,6 +63,7 @@ impl Kind {
             Kind::Checkpoint => "checkpoint",
             Kind::Gap => "gap",
             Kind::Alert => "alert",
+            Kind::Scan => "scan",
         }
     }
 }
@@ -113,6 +116,23 @@ pub struct Measurement {
     /// Flags the instrument or the agent attached (`unstable`, `H`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// When the instrument says it measured the value, as it wrote it (an
+    /// analyzer's result time in its own clock and format), where it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
+}
+
+impl Measurement {
+    /// A measurement with only a name, a value and a unit.
+    pub fn new(name: impl Into<String>, value: MeasuredValue, unit: Option<String>) -> Self {
+        Measurement {
+            name: name.into(),
+            value,
+            unit,
+            flags: Vec::new(),
+            observed: None,
+        }
+    }
 }
 
 /// The body of a [`Kind::Reading`] record.
@@ -128,6 +148,69 @@ pub struct ReadingBody {
     /// Hazard category of the test (health, chemical, physical, biological, environmental).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hazard: Option<String>,
+    /// The order or request the result answers (an analyzer's order id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+    /// Comments the instrument sent with the result, as text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The scan this reading is traced to: the last scan, within the
+    /// configured window, at a scanner linked to this instrument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanLink>,
+}
+
+impl ReadingBody {
+    /// A reading of `values` parsed from `raw`, with nothing else known.
+    pub fn new(values: Vec<Measurement>, raw: Vec<u8>) -> Self {
+        ReadingBody {
+            values,
+            raw: ByteBuf::from(raw),
+            sample: None,
+            hazard: None,
+            order: None,
+            notes: Vec::new(),
+            scan: None,
+        }
+    }
+}
+
+/// A reading's link to the scan it is traced to.
+///
+/// The scan is a record of the same chain, so `seq` names it exactly and the
+/// signature over the reading covers the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanLink {
+    /// The scanner's instrument id.
+    pub instrument: String,
+    /// The seq of the scan record.
+    pub seq: u64,
+    /// The scanned code's text (the element string in human-readable form).
+    pub code: String,
+    /// Milliseconds from the scan to this reading.
+    pub age_ms: u64,
+}
+
+/// The body of a [`Kind::Scan`] record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanBody {
+    /// The bytes the scanner sent, without the terminator.
+    pub raw: ByteBuf,
+    /// The AIM symbology identifier (`]C1`, `]d2`, ...), when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbology: Option<String>,
+    /// The code in human-readable form: `(01)09501101530003(10)AB-12`
+    /// for GS1 element strings, the data as text otherwise.
+    pub code: String,
+    /// `gs1` for an element string, `ean` for an EAN/UPC, `other` otherwise.
+    pub content: String,
+    /// The GS1 elements, AI to value as text, in scan order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elements: Vec<(String, String)>,
+    /// What was wrong with the scan (a lost separator, a bad check
+    /// digit); the scan is stored anyway, flagged, never guessed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Why a stream started.
@@ -411,10 +494,14 @@ mod tests {
                 value: MeasuredValue::Number(100.25),
                 unit: Some("g".into()),
                 flags: vec![],
+                observed: None,
             }],
             raw: ByteBuf::from(b"S S     100.25 g\r\n".to_vec()),
             sample: Some("(01)09506000134352(10)A1".into()),
             hazard: Some("physical".into()),
+            order: None,
+            notes: vec![],
+            scan: None,
         };
         Payload {
             v: SCHEMA_VERSION,

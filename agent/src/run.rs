@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
 use crate::clock::CaptureTime;
@@ -75,6 +74,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             None
         }
     };
+    let instruments = crate::instrument::spawn(&config.instruments, &writer, &shutdown);
     let simulator = (options.simulate_readings > 0).then(|| {
         let (count, raw) = (options.simulate_readings, options.simulate_raw_bytes);
         tokio::spawn(simulate(writer.clone(), count, raw, shutdown.clone()))
@@ -84,6 +84,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     shutdown_tx.send_replace(true);
+    for (_, task) in instruments {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     if let Some(uplink) = uplink {
         let _ = tokio::time::timeout(Duration::from_secs(10), uplink).await;
     }
@@ -147,17 +150,16 @@ pub fn synthetic_reading(n: u64, raw_size: usize) -> Result<Entry, record::Recor
     let raw: Vec<u8> = (0..raw_size)
         .map(|i| b'0' + ((n as usize + i) % 10) as u8)
         .collect();
-    let body = ReadingBody {
-        values: vec![Measurement {
-            name: "mass".into(),
-            value: MeasuredValue::Number(n as f64 / 100.0),
-            unit: Some("g".into()),
-            flags: vec![],
-        }],
-        raw: ByteBuf::from(raw),
-        sample: Some(format!("S-{n:08}")),
-        hazard: Some("physical".into()),
-    };
+    let mut body = ReadingBody::new(
+        vec![Measurement::new(
+            "mass",
+            MeasuredValue::Number(n as f64 / 100.0),
+            Some("g".into()),
+        )],
+        raw,
+    );
+    body.sample = Some(format!("S-{n:08}"));
+    body.hazard = Some("physical".into());
     Ok(Entry {
         instrument: "balance-1".into(),
         kind: Kind::Reading,

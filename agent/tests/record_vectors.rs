@@ -31,10 +31,14 @@ fn vector_payload() -> Payload {
             value: MeasuredValue::Number(0.12),
             unit: Some("mg/kg".into()),
             flags: vec![],
+            observed: None,
         }],
         raw: ByteBuf::from(b"R|1|^^^PB|0.12|mg/kg".to_vec()),
         sample: Some("GY-2026-000123".into()),
         hazard: Some("chemical".into()),
+        order: None,
+        notes: vec![],
+        scan: None,
     };
     Payload {
         v: SCHEMA_VERSION,

@@ -19,7 +19,6 @@ use kouan_agent::store::{Opened, Store};
 use kouan_agent::verify;
 use kouan_agent::writer::{Entry, Writer, WriterConfig};
 use proptest::prelude::*;
-use serde_bytes::ByteBuf;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -40,12 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn entry(n: usize) -> Entry {
-    let body = ReadingBody {
-        values: vec![],
-        raw: ByteBuf::from(format!("reading {n}").into_bytes()),
-        sample: None,
-        hazard: None,
-    };
+    let body = ReadingBody::new(vec![], format!("reading {n}").into_bytes());
     Entry {
         instrument: "probe".into(),
         kind: Kind::Reading,

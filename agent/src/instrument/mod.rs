@@ -1,0 +1,453 @@
+//! Instruments: the configured devices the agent reads, and the runtime
+//! that keeps one task per instrument attached to its port.
+//!
+//! An instrument is a section `[[instrument]]` of the configuration: an id,
+//! a driver, where the device is (a serial port by its stable path, a TCP
+//! address, an input device) and the driver's options. At start-up
+//! [`spawn`] checks nothing more than the config already did and starts one
+//! task per instrument; the task ([`port::supervise`]) opens the device,
+//! hands it to the driver for a session, and when the session ends because
+//! the device went away, reopens it with backoff. A session reads bytes,
+//! frames and parses them, and stores each reading through the
+//! [`Instrument`] handle, which returns only once the signed record is
+//! durable: nothing is acknowledged to a device before that.
+//!
+//! Drivers: [`line`] (balances, CSV loggers, anything that sends lines) and
+//! [`scanner`] (barcode scanners; a scan is a record of its own, and readings
+//! that follow at linked instruments are traced to it through [`Trace`]).
+//!
+//! Every task counts what it sees in its [`Counters`] (bytes, readings,
+//! errors), logs each state change of its port once (attached, detached),
+//! and logs a summary of its counters when it stops.
+
+pub mod line;
+pub mod port;
+pub mod scanner;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::clock::CaptureTime;
+use crate::record::{self, Kind, ReadingBody, ScanLink};
+use crate::writer::{AppendError, Appended, Entry, Writer};
+
+pub use port::{SerialSettings, supervise};
+
+/// One `[[instrument]]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstrumentConfig {
+    /// The instrument's id: `instrument` in its records and the last
+    /// segment of their MQTT topic.
+    pub id: String,
+    /// Which driver speaks to it.
+    pub driver: DriverKind,
+    /// The serial port, by its stable path (`/dev/serial/by-id/...`).
+    #[serde(default)]
+    pub port: Option<PathBuf>,
+    /// The input device of a keyboard-wedge scanner
+    /// (`/dev/input/by-id/...-event-kbd`).
+    #[serde(default)]
+    pub input: Option<PathBuf>,
+    /// Hazard category of what the instrument tests: `health`,
+    /// `chemical`, `physical`, `biological` or `environmental`.
+    #[serde(default)]
+    pub hazard: Option<String>,
+    /// Serial line settings.
+    #[serde(default)]
+    pub serial: SerialSettings,
+    /// Options of the `line` driver.
+    #[serde(default)]
+    pub line: Option<line::LineOptions>,
+    /// Options of the `scanner` driver.
+    #[serde(default)]
+    pub scanner: Option<scanner::ScannerOptions>,
+}
+
+/// The drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    /// Lines of text: balances (MT-SICS, Sartorius SBI), CSV, patterns.
+    Line,
+    /// Barcode scanners: serial, USB CDC-ACM or USB keyboard wedge.
+    Scanner,
+}
+
+/// The hazard categories of the monitoring points.
+pub const HAZARDS: [&str; 5] = [
+    "health",
+    "chemical",
+    "physical",
+    "biological",
+    "environmental",
+];
+
+impl InstrumentConfig {
+    /// Checks what serde cannot: ids, which options go with which driver,
+    /// and the driver's own options. Errors name the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let field = |name: &str| format!("instrument {:?}: {name}", self.id);
+        if !crate::config::is_topic_segment(&self.id) {
+            return Err((
+                field("id"),
+                "must be 1 to 64 of a-z, 0-9, '-' and '_' (it is an MQTT topic segment)".into(),
+            ));
+        }
+        if let Some(hazard) = &self.hazard
+            && !HAZARDS.contains(&hazard.as_str())
+        {
+            return Err((
+                field("hazard"),
+                format!("{hazard:?} is not one of {}", HAZARDS.join(", ")),
+            ));
+        }
+        self.serial.validate().map_err(|m| (field("serial"), m))?;
+        match self.driver {
+            DriverKind::Line => {
+                if self.port.is_none() {
+                    return Err((
+                        field("port"),
+                        "missing: the line driver reads a serial port".into(),
+                    ));
+                }
+                if self.scanner.is_some() || self.input.is_some() {
+                    return Err((
+                        field("scanner"),
+                        "[instrument.scanner] and input belong to driver = \"scanner\"".into(),
+                    ));
+                }
+                let options = self.line.clone().unwrap_or_default();
+                options.compile().map_err(|m| (field("line"), m))?;
+            }
+            DriverKind::Scanner => {
+                if self.port.is_some() == self.input.is_some() {
+                    return Err((
+                        field("port"),
+                        "give either port (serial or USB CDC-ACM scanner) or input \
+                         (USB keyboard-wedge scanner), not both or neither"
+                            .into(),
+                    ));
+                }
+                if self.line.is_some() {
+                    return Err((
+                        field("line"),
+                        "[instrument.line] belongs to driver = \"line\"".into(),
+                    ));
+                }
+                let options = self.scanner.clone().unwrap_or_default();
+                options.validate().map_err(|m| (field("scanner"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the device is, for logs.
+    pub fn location(&self) -> String {
+        match (&self.port, &self.input) {
+            (Some(port), _) => port.display().to_string(),
+            (None, Some(input)) => input.display().to_string(),
+            (None, None) => "(no port)".into(),
+        }
+    }
+}
+
+/// What one instrument's task has seen since the agent started.
+///
+/// Atomics, because the task writes them and the status view and the stop
+/// summary read them from other threads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes received from the device.
+    pub bytes: AtomicU64,
+    /// Readings (or scans) stored as records.
+    pub readings: AtomicU64,
+    /// Frames that could not be used: garbage, oversize, unparseable,
+    /// error replies of the device.
+    pub errors: AtomicU64,
+    /// Times the device was opened.
+    pub attached: AtomicU64,
+    /// Times the device went away.
+    pub detached: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A snapshot: (bytes, readings, errors, attached, detached).
+    pub fn snapshot(&self) -> [u64; 5] {
+        [
+            self.bytes.load(Ordering::Relaxed),
+            self.readings.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            self.attached.load(Ordering::Relaxed),
+            self.detached.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// The last scan at each instrument linked to a scanner: how readings are
+/// traced to the sample or batch they were taken from.
+///
+/// A plain mutex over a small map: a scan writes one entry per linked
+/// instrument, a reading reads its own; neither holds the lock across an
+/// await.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    scans: Arc<Mutex<HashMap<String, TracedScan>>>,
+}
+
+#[derive(Debug, Clone)]
+struct TracedScan {
+    scanner: String,
+    seq: u64,
+    code: String,
+    sample: Option<String>,
+    at: Instant,
+    window: Duration,
+}
+
+impl Trace {
+    /// Records that `scanner` stored the scan `seq` of `code`; readings at
+    /// `instruments` in the next `window` are traced to it.
+    pub fn scanned(
+        &self,
+        scanner: &str,
+        instruments: &[String],
+        window: Duration,
+        (seq, code, sample): (u64, &str, Option<&str>),
+    ) {
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        for instrument in instruments {
+            scans.insert(
+                instrument.clone(),
+                TracedScan {
+                    scanner: scanner.to_owned(),
+                    seq,
+                    code: code.to_owned(),
+                    sample: sample.map(str::to_owned),
+                    at: Instant::now(),
+                    window,
+                },
+            );
+        }
+    }
+
+    /// Links `body` to the last scan for `instrument`, if it is within its
+    /// window; the scan's sample id fills `sample` when the instrument sent
+    /// none.
+    pub fn link(&self, instrument: &str, body: &mut ReadingBody) {
+        let scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(scan) = scans.get(instrument) else {
+            return;
+        };
+        let age = scan.at.elapsed();
+        if age > scan.window {
+            return;
+        }
+        body.scan = Some(ScanLink {
+            instrument: scan.scanner.clone(),
+            seq: scan.seq,
+            code: scan.code.clone(),
+            age_ms: age.as_millis().try_into().unwrap_or(u64::MAX),
+        });
+        if body.sample.is_none() {
+            body.sample = scan.sample.clone();
+        }
+    }
+}
+
+/// Why a reading was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreRefused {
+    /// The agent is stopping.
+    #[error("the agent is stopping")]
+    Stopping,
+    /// The writer refused it for good (too large, encoding, the store failed).
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+/// What a driver session holds of its instrument: identity, the writer,
+/// counters and traceability.
+#[derive(Debug, Clone)]
+pub struct Instrument {
+    /// The configured instrument.
+    pub config: Arc<InstrumentConfig>,
+    /// Where records go.
+    pub writer: Writer,
+    /// What the task has seen.
+    pub counters: Arc<Counters>,
+    /// Scans that readings are traced to.
+    pub trace: Trace,
+    /// Becomes true when the agent stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Instrument {
+    /// The instrument id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Stores a reading captured at `time` and returns once it is durable.
+    ///
+    /// The reading gets the instrument's hazard category and is traced to
+    /// the last scan at a linked scanner. While the store is full (the
+    /// `backpressure` policy) it waits and tries again, holding the
+    /// reading, since a line instrument cannot be asked to send it again;
+    /// it gives up only when the agent stops. If its future is dropped the
+    /// reading may or may not be stored.
+    pub async fn store_reading(
+        &self,
+        mut body: ReadingBody,
+        time: CaptureTime,
+    ) -> Result<Appended, StoreRefused> {
+        if body.hazard.is_none() {
+            body.hazard = self.config.hazard.clone();
+        }
+        self.trace.link(self.id(), &mut body);
+        self.store(Kind::Reading, record::body(&body), time).await
+    }
+
+    /// Stores a record of `kind` with `body`, waiting while the store is full.
+    pub async fn store(
+        &self,
+        kind: Kind,
+        body: Result<ciborium::Value, record::RecordError>,
+        time: CaptureTime,
+    ) -> Result<Appended, StoreRefused> {
+        let body = body.map_err(|e| AppendError::Record(e.to_string()))?;
+        let mut shutdown = self.shutdown.clone();
+        let mut warned = false;
+        loop {
+            let entry = Entry {
+                instrument: self.config.id.clone(),
+                kind,
+                time,
+                body: body.clone(),
+            };
+            match self.writer.append(entry).await {
+                Ok(appended) => {
+                    Counters::add(&self.counters.readings, 1);
+                    return Ok(appended);
+                }
+                Err(AppendError::Full { max_bytes }) => {
+                    if !warned {
+                        tracing::warn!(
+                            instrument = %self.config.id,
+                            max_bytes,
+                            "store full: holding the reading until records are delivered"
+                        );
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stopping(&mut shutdown) => return Err(StoreRefused::Stopping),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Counts `n` received bytes.
+    pub fn count_bytes(&self, n: usize) {
+        Counters::add(&self.counters.bytes, n as u64);
+    }
+
+    /// Counts a frame that could not be used and logs it, at most once a
+    /// minute per instrument at warn (the rest at debug), so that a port
+    /// full of garbage cannot flood the journal.
+    pub fn count_error(&self, limiter: &mut ErrorLog, what: &str, detail: &str) {
+        Counters::add(&self.counters.errors, 1);
+        limiter.log(&self.config.id, what, detail);
+    }
+}
+
+/// Rate limit of a task's error logs: the first error, then one line a
+/// minute with the number suppressed meanwhile.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn log(&mut self, instrument: &str, what: &str, detail: &str) {
+        let due = self.last.is_none_or(|last| last.elapsed() >= Self::EVERY);
+        if due {
+            tracing::warn!(
+                instrument,
+                suppressed = self.suppressed,
+                detail,
+                "{what} (further errors of this instrument are logged once a minute)"
+            );
+            self.last = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+            tracing::debug!(instrument, detail, "{what}");
+        }
+    }
+}
+
+/// Starts one task per instrument. Each runs until `shutdown` turns true,
+/// then logs its counters.
+pub fn spawn(
+    instruments: &[InstrumentConfig],
+    writer: &Writer,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<(Arc<Counters>, tokio::task::JoinHandle<()>)> {
+    let trace = Trace::default();
+    instruments
+        .iter()
+        .map(|config| {
+            let instrument = Instrument {
+                config: Arc::new(config.clone()),
+                writer: writer.clone(),
+                counters: Arc::default(),
+                trace: trace.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let counters = instrument.counters.clone();
+            let task = tokio::spawn(async move {
+                run(&instrument).await;
+                let [bytes, readings, errors, attached, detached] = instrument.counters.snapshot();
+                tracing::info!(
+                    instrument = %instrument.config.id,
+                    bytes,
+                    readings,
+                    errors,
+                    attached,
+                    detached,
+                    "instrument stopped"
+                );
+            });
+            (counters, task)
+        })
+        .collect()
+}
+
+async fn run(instrument: &Instrument) {
+    match instrument.config.driver {
+        DriverKind::Line => line::run(instrument).await,
+        DriverKind::Scanner => scanner::run(instrument).await,
+    }
+}
+
+/// Resolves when the agent stops. (A function, so that the borrow of the
+/// watch value ends inside it and select! futures stay `Send`.)
+pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
