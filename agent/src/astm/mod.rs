@@ -19,3 +19,24 @@ pub mod link;
 pub mod records;
 
 pub use link::{Event, LinkConfig, LinkStats, MessageEnd, Receiver};
+
+use serde::Deserialize;
+
+use crate::instrument::{Instrument, InstrumentConfig};
+
+/// `[instrument.astm]` (being built).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AstmOptions {}
+
+impl AstmOptions {
+    /// Checks the options against the instrument section.
+    pub fn validate(&self, _instrument: &InstrumentConfig) -> Result<(), String> {
+        Err("the astm driver is not built yet".into())
+    }
+}
+
+/// Runs the `astm` driver until the agent stops.
+pub async fn run(instrument: &Instrument) {
+    tracing::error!(instrument = %instrument.id(), "the astm driver is not built yet");
+}

@@ -68,6 +68,21 @@ pub struct InstrumentConfig {
     /// Options of the `scanner` driver.
     #[serde(default)]
     pub scanner: Option<scanner::ScannerOptions>,
+    /// TCP: listen for the instrument on this address (`0.0.0.0:5100`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// TCP: connect to the instrument at this address (`10.1.2.3:5100`).
+    #[serde(default)]
+    pub connect: Option<String>,
+    /// Options of the `astm` driver.
+    #[serde(default)]
+    pub astm: Option<crate::astm::AstmOptions>,
+    /// Options of the `hl7` driver.
+    #[serde(default)]
+    pub hl7: Option<crate::hl7::Hl7Options>,
+    /// Options of the `modbus` driver (the instrument is one RS-485 bus).
+    #[serde(default)]
+    pub modbus: Option<crate::modbus::BusOptions>,
 }
 
 /// The drivers.
@@ -78,6 +93,12 @@ pub enum DriverKind {
     Line,
     /// Barcode scanners: serial, USB CDC-ACM or USB keyboard wedge.
     Scanner,
+    /// Lab analyzers speaking ASTM E1381/E1394 (LIS1/LIS2), serial or TCP.
+    Astm,
+    /// Lab analyzers speaking HL7 v2 over MLLP (TCP).
+    Hl7,
+    /// Sensors on an RS-485 bus speaking Modbus RTU.
+    Modbus,
 }
 
 /// The hazard categories of the monitoring points.
@@ -144,15 +165,37 @@ impl InstrumentConfig {
                 let options = self.scanner.clone().unwrap_or_default();
                 options.validate().map_err(|m| (field("scanner"), m))?;
             }
+            DriverKind::Astm => {
+                let options = self.astm.clone().unwrap_or_default();
+                options.validate(self).map_err(|m| (field("astm"), m))?;
+            }
+            DriverKind::Hl7 => {
+                let options = self.hl7.clone().unwrap_or_default();
+                options.validate(self).map_err(|m| (field("hl7"), m))?;
+            }
+            DriverKind::Modbus => {
+                let Some(options) = &self.modbus else {
+                    return Err((
+                        field("modbus"),
+                        "missing: the modbus driver needs \
+                        [instrument.modbus] with its devices and points"
+                            .into(),
+                    ));
+                };
+                options.validate(self).map_err(|m| (field("modbus"), m))?;
+            }
         }
         Ok(())
     }
 
     /// Where the device is, for logs.
     pub fn location(&self) -> String {
-        match (&self.port, &self.input) {
-            (Some(port), _) => port.display().to_string(),
-            (None, Some(input)) => input.display().to_string(),
+        if let Some(port) = self.port.as_ref().or(self.input.as_ref()) {
+            return port.display().to_string();
+        }
+        match (&self.listen, &self.connect) {
+            (Some(listen), _) => format!("tcp listen {listen}"),
+            (None, Some(connect)) => format!("tcp {connect}"),
             (None, None) => "(no port)".into(),
         }
     }
@@ -443,6 +486,9 @@ async fn run(instrument: &Instrument) {
     match instrument.config.driver {
         DriverKind::Line => line::run(instrument).await,
         DriverKind::Scanner => scanner::run(instrument).await,
+        DriverKind::Astm => crate::astm::run(instrument).await,
+        DriverKind::Hl7 => crate::hl7::run(instrument).await,
+        DriverKind::Modbus => crate::modbus::run(instrument).await,
     }
 }
 
