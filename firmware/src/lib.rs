@@ -6,12 +6,24 @@
 //! allocator and builds for the host, where its logic is tested, and for
 //! Cortex-M (`thumbv7m-none-eabi`, `thumbv7em-none-eabihf`).
 //!
-//! It holds the [`Link`], the node's end of the node link, which frames
-//! outgoing messages and decodes the agent's, and the [`drivers`] for the
-//! node's sensors: an SHT3x for temperature and humidity, a Geiger-Müller
-//! pulse counter for dose rate, and an ADS1115 ADC with a two-point
-//! calibration for gas sensors. The drivers take embedded-hal 1.0 traits,
-//! so board code only wires up the peripherals.
+//! - [`node`] is the node's logic as a state machine without I/O: the
+//!   sampling schedule, the ring buffer of numbered samples kept until the
+//!   agent acknowledges them, go-back-N retransmission, drop counting and
+//!   the agent's commands. Time comes in as a parameter, so it is tested on
+//!   the host; [`node::Node::step`] is the thin loop a board runs over an
+//!   embedded-io UART.
+//! - [`Link`] is the node's end of the node link: it frames outgoing
+//!   messages and decodes the agent's.
+//! - [`drivers`] for the node's sensors: an SHT3x for temperature and
+//!   humidity, a Geiger-Müller pulse counter for dose rate, and an ADS1115
+//!   ADC with a two-point calibration for gas sensors, over embedded-hal
+//!   1.0, so board code only wires up the peripherals.
+//! - [`station`] puts the three drivers behind the node's sensor ids, and
+//!   [`sim`] stands in for the sensors on the emulated board.
+//!
+//! Boards live outside this crate, in `firmware/boards/` (see
+//! `docs/firmware.md`). Logging goes through one shim: `defmt` with the
+//! `defmt` feature, nothing without it.
 //!
 //! ```
 //! use kouan_firmware::Link;
@@ -35,9 +47,16 @@
 #[cfg(test)]
 extern crate std;
 
-pub mod drivers;
+// The logging macros come first, so that every module below can use them.
+#[macro_use]
+mod fmt;
 
-use kouan_protocol::{AgentMsg, Decoder, EncodeError, Feed, NodeMsg, frame};
+pub mod drivers;
+pub mod node;
+pub mod sim;
+pub mod station;
+
+use kouan_protocol::{AgentMsg, Decoder, EncodeError, Feed, FrameError, NodeMsg, frame};
 
 /// The node's end of the node link: no buffers beyond one frame each way.
 #[derive(Debug, Default)]
@@ -61,6 +80,12 @@ impl Link {
     /// Decodes bytes from the UART into the agent's messages.
     pub fn receive<'a>(&'a mut self, bytes: &'a [u8]) -> Feed<'a, AgentMsg> {
         self.decoder.feed(bytes)
+    }
+
+    /// Decodes one byte from the UART; returns the outcome when it ends a
+    /// frame.
+    pub fn push(&mut self, byte: u8) -> Option<Result<AgentMsg, FrameError>> {
+        self.decoder.push(byte)
     }
 
     /// Frames from the agent discarded as corrupt since boot.

@@ -84,6 +84,9 @@ pub enum Quantity {
     CountRate,
     /// Anything else; the agent's config names it.
     Other,
+    /// The state of the node's alarm output (lamp, buzzer): 0 off, else the
+    /// alarm level it shows. Sampled on change, not on a schedule.
+    AlarmOutput,
 }
 
 /// The unit of a sample's value.
