@@ -195,6 +195,8 @@ key = "{tls_key}"
     )
 }
 
+pub mod agent;
 pub mod broker;
 pub mod pki;
 pub mod proxy;
+pub mod pty;

@@ -1,0 +1,215 @@
+//! A `kouan run` process for end-to-end tests of instrument drivers: its
+//! own directory, key, store and log, started with the test's
+//! `[[instrument]]` sections and no uplink (records stay in the store, where
+//! the test reads and verifies them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kouan_agent::keys::PublicKey;
+use kouan_agent::record::{self, Kind, Payload};
+use kouan_agent::store::Store;
+
+use crate::{keygen, kouan, path_str};
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+    public: PathBuf,
+    runs: u32,
+}
+
+impl Agent {
+    /// Writes a config with `instruments` (TOML `[[instrument]]` sections)
+    /// in `dir` and starts the agent.
+    pub fn start(dir: &Path, instruments: &str) -> Agent {
+        let (key, public) = keygen(dir, "ed25519");
+        let config = dir.join("kouan.toml");
+        let text = format!(
+            "[agent]\nnode = \"gy-air-01\"\nsite = \"guiyang-airport\"\n\n\
+             [keys]\nsigning = \"{}\"\n\n[store]\npath = \"{}\"\n\n{instruments}\n",
+            path_str(&key),
+            path_str(&dir.join("kouan.db")),
+        );
+        std::fs::write(&config, text).expect("config written");
+        let mut agent = Agent {
+            dir: dir.to_owned(),
+            config,
+            child: None,
+            public,
+            runs: 0,
+        };
+        agent.restart();
+        agent
+    }
+
+    /// Starts the agent again (after [`Agent::stop`] or [`Agent::kill`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the agent is already running");
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
+        let child = kouan()
+            .env("KOUAN_LOG", "info,kouan_agent::instrument=debug")
+            .args(["run", "--config", path_str(&self.config)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("the kouan binary starts");
+        self.child = Some(child);
+    }
+
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.dir.join(format!("agent-{run}.log"))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent runs").id()
+    }
+
+    /// Everything the agent logged, over all its runs.
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|run| std::fs::read_to_string(self.log_path(run)).unwrap_or_default())
+            .collect()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `count` log lines contain `needle`; fails with the log.
+    pub fn wait_for_log(&self, needle: &str, count: usize, wait: Duration) {
+        let start = Instant::now();
+        while self.log_count(needle) < count {
+            if start.elapsed() > wait {
+                panic!(
+                    "no {count} log lines with {needle:?} within {wait:?}; the log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the store holds `count` records of `kind` from
+    /// `instrument`; returns their payloads in seq order.
+    pub fn wait_for_records(
+        &self,
+        kind: Kind,
+        instrument: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Vec<Payload> {
+        let start = Instant::now();
+        loop {
+            let found: Vec<Payload> = self
+                .records()
+                .into_iter()
+                .filter(|p| p.kind == kind && p.instrument == instrument)
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            if start.elapsed() > wait {
+                panic!(
+                    "{} of {count} {} records of {instrument} within {wait:?}; the log:\n{}",
+                    found.len(),
+                    kind.as_str(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every record in the store, each verified with the agent's key.
+    pub fn records(&self) -> Vec<Payload> {
+        let path = self.dir.join("kouan.db");
+        let Ok(store) = Store::open_read_only(&path) else {
+            return Vec::new();
+        };
+        let key = PublicKey::load(&self.public).expect("agent public key");
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let batch = store.read_from(from, 1000).expect("store readable");
+            let Some(last) = batch.last() else { break };
+            from = last.seq + 1;
+            for stored in &batch {
+                let verified = record::verify(&stored.bytes, std::slice::from_ref(&key))
+                    .expect("every stored record verifies");
+                out.push(verified.payload);
+            }
+        }
+        out
+    }
+
+    /// Peak resident memory of the agent so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status of the agent");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let start = Instant::now();
+            while child.try_wait().expect("wait on the agent").is_none() {
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    panic!(
+                        "the agent did not stop within 20 s of SIGTERM:\n{}",
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the agent with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The values of a reading record's body.
+pub fn reading(payload: &Payload) -> record::ReadingBody {
+    payload
+        .body
+        .deserialized()
+        .expect("a reading record's body is a ReadingBody")
+}
+
+/// The body of a scan record.
+pub fn scan(payload: &Payload) -> record::ScanBody {
+    payload
+        .body
+        .deserialized()
+        .expect("a scan record's body is a ScanBody")
+}
