@@ -728,6 +728,30 @@ mod tests {
         assert_eq!(parse_hex(b"B"), None);
     }
 
+    /// Acceptance point 2 of issue 6: a GBK analyzer's checksum is the
+    /// sum of its GBK bytes (8D here, summed by Python over
+    /// `"...样本溶血...".encode("gbk")`); the sum over the same text in
+    /// UTF-8 (FF) is wrong on its wire.
+    #[test]
+    fn gbk_frame_checksums_over_its_gbk_bytes() {
+        let (text, _, _) = encoding_rs::GBK.encode("1C|1|I|样本溶血|G\r\x03");
+        assert_eq!(
+            &text[..],
+            b"1C|1|I|\xd1\xf9\xb1\xbe\xc8\xdc\xd1\xaa|G\r\x03"
+        );
+        assert_eq!(checksum(&text), 0x8D);
+        assert_eq!(checksum("1C|1|I|样本溶血|G\r\x03".as_bytes()), 0xFF);
+
+        let now = Instant::now();
+        let mut rx = opened(LinkConfig::default(), now);
+        let mut wire = vec![STX];
+        wire.extend_from_slice(&text);
+        let good = [&wire[..], b"8D\r\n"].concat();
+        let utf8_sum = [&wire[..], b"FF\r\n"].concat();
+        assert_eq!(rx.on_bytes(&utf8_sum, now), [Event::Send(NAK)]);
+        assert_eq!(rx.on_bytes(&good, now), [Event::Send(ACK)]);
+    }
+
     #[test]
     fn full_session_with_etb_continuation() {
         let now = Instant::now();

@@ -15,6 +15,7 @@
 //! Drivers: [`line`] (balances, CSV loggers, anything that sends lines) and
 //! [`scanner`] (barcode scanners; a scan is a record of its own, and readings
 //! that follow at linked instruments are traced to it through [`Trace`]).
+//! Analyzers on the network are reached through [`tcp`].
 //!
 //! Every task counts what it sees in its [`Counters`] (bytes, readings,
 //! errors), logs each state change of its port once (attached, detached),
@@ -23,6 +24,7 @@
 pub mod line;
 pub mod port;
 pub mod scanner;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -351,14 +353,42 @@ impl Instrument {
     /// reading may or may not be stored.
     pub async fn store_reading(
         &self,
-        mut body: ReadingBody,
+        body: ReadingBody,
         time: CaptureTime,
     ) -> Result<Appended, StoreRefused> {
+        let body = self.traced(body);
+        self.store(Kind::Reading, record::body(&body), time).await
+    }
+
+    /// Stores a reading like [`Instrument::store_reading`], but tries once:
+    /// a full store is refused at once ([`AppendError::Full`]), for
+    /// devices that send again what is not acknowledged (an ASTM `NAK`, an
+    /// HL7 `AE`) and must hear of the refusal before they give up waiting.
+    pub async fn try_store_reading(
+        &self,
+        body: ReadingBody,
+        time: CaptureTime,
+    ) -> Result<Appended, StoreRefused> {
+        let body =
+            record::body(&self.traced(body)).map_err(|e| AppendError::Record(e.to_string()))?;
+        let entry = Entry {
+            instrument: self.config.id.clone(),
+            kind: Kind::Reading,
+            time,
+            body,
+        };
+        let appended = self.writer.append(entry).await?;
+        Counters::add(&self.counters.readings, 1);
+        Ok(appended)
+    }
+
+    /// The reading with the instrument's hazard category and its scan.
+    fn traced(&self, mut body: ReadingBody) -> ReadingBody {
         if body.hazard.is_none() {
             body.hazard = self.config.hazard.clone();
         }
         self.trace.link(self.id(), &mut body);
-        self.store(Kind::Reading, record::body(&body), time).await
+        body
     }
 
     /// Stores a record of `kind` with `body`, waiting while the store is full.
