@@ -200,3 +200,4 @@ pub mod broker;
 pub mod pki;
 pub mod proxy;
 pub mod pty;
+pub mod qemu;
