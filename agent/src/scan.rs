@@ -1325,6 +1325,8 @@ mod tests {
         // FIELD-NOTES, and GTIN, SSCC and GLN examples used throughout GS1
         // documentation.
         assert_eq!(check_digit(b"590123412345"), Some(7));
+        // The worked example of the GS1 General Specifications (7.9.1).
+        assert_eq!(check_digit(b"629104150021"), Some(3));
         assert_eq!(check_digit(b"400638133393"), Some(1));
         assert_eq!(check_digit(b"9501234567890"), Some(3));
         assert_eq!(check_digit(b"0952123454321"), Some(3));

@@ -53,7 +53,6 @@ impl Agent {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).expect("log file");
         let child = kouan()
-            .env("KOUAN_LOG", "info,kouan_agent::instrument=debug")
             .args(["run", "--config", path_str(&self.config)])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

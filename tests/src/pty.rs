@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd as _;
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use serialport::{SerialPort as _, TTYPort};
 
 /// One pty pair, its slave reachable through a symlink.
@@ -27,7 +30,7 @@ pub struct VirtualPort {
     master: TTYPort,
     // Held open so that the master never sees the slave closed (reads would
     // fail with EIO) while the agent is between two opens.
-    _slave: TTYPort,
+    slave: TTYPort,
 }
 
 impl VirtualPort {
@@ -38,13 +41,19 @@ impl VirtualPort {
         master
             .set_timeout(Duration::from_millis(50))
             .expect("master timeout set");
+        // serialport opens both ends without O_CLOEXEC: every process the
+        // test starts (the agent) would inherit them, and a master held
+        // open by the agent never hangs up its own slave.
+        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("FD_CLOEXEC on the pty");
+        }
         let target = slave.name().expect("the slave has a path");
         let _ = std::fs::remove_file(link);
         std::os::unix::fs::symlink(&target, link).expect("symlink to the pty slave");
         VirtualPort {
             link: link.to_owned(),
             master,
-            _slave: slave,
+            slave: slave,
         }
     }
 
@@ -99,6 +108,24 @@ impl VirtualPort {
             }
         }
         out
+    }
+
+    /// Waits until the agent has read everything sent (the slave's input
+    /// queue is empty); fails after `wait`.
+    pub fn wait_drained(&self, wait: Duration) {
+        let start = Instant::now();
+        while self
+            .slave
+            .bytes_to_read()
+            .expect("FIONREAD on the pty slave")
+            > 0
+        {
+            assert!(
+                start.elapsed() < wait,
+                "the agent did not read the port within {wait:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Pulls the cable: closes the pair and removes the link.
