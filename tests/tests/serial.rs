@@ -377,3 +377,35 @@ fn ten_megabytes_of_garbage_are_counted_in_bounded_memory_then_lines_are_read() 
         agent.log_count("unusable line")
     );
 }
+
+#[test]
+fn keyboard_wedge_scanner_that_is_not_plugged_in_is_reported_once() {
+    // No uinput here to type a scan (the read path itself is tested on
+    // recorded events in agent/tests/wedge.rs): this checks the driver's
+    // handling of a device that is not there.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("usb-Scanner-event-kbd");
+    let mut agent = Agent::start(
+        dir.path(),
+        &format!(
+            "[[instrument]]\nid = \"wedge-1\"\ndriver = \"scanner\"\ninput = \"{}\"\n\
+             [instrument.scanner]\nlayout = \"de\"\n",
+            path_str(&input)
+        ),
+    );
+    agent.wait_for_log("instrument not available", 1, WAIT);
+    // Several reopen attempts (250 ms, 500 ms, 1 s) pass without a log each.
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    assert_eq!(
+        agent.log_count("instrument not available"),
+        1,
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains(path_str(&input)),
+        "the log names the device"
+    );
+    assert_eq!(stopped_counter(&agent, "wedge-1", "attached"), 0);
+}

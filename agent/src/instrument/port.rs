@@ -198,7 +198,7 @@ pub async fn supervise<D, S>(
 
 /// Exponential backoff with jitter, 250 ms to 10 s.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -211,7 +211,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(10));
         // Up to a fifth more, so that instruments on one hub that vanished

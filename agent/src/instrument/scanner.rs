@@ -27,6 +27,7 @@ use super::{ErrorLog, Instrument, StoreRefused};
 use crate::clock::CaptureTime;
 use crate::record::{self, Kind, ScanBody};
 use crate::scan::{self, AimId, Content, Date};
+use crate::wedge::{Decoder, DecoderConfig, DeviceError, Layout, WedgeScan};
 
 /// `[instrument.scanner]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -64,6 +65,14 @@ impl ScannerOptions {
         }
         if !(16..=8192).contains(&self.max_len) {
             return Err(format!("max_len = {} must be 16 to 8192", self.max_len));
+        }
+        if Layout::by_name(&self.layout).is_none() {
+            let known: Vec<&str> = Layout::ALL.iter().map(|l| l.name).collect();
+            return Err(format!(
+                "layout {:?} is not one of {}",
+                self.layout,
+                known.join(", ")
+            ));
         }
         if self.window_secs == 0 && !self.instruments.is_empty() {
             return Err("window_secs must be at least 1 when instruments are traced".into());
@@ -180,11 +189,7 @@ pub async fn store_scan(
 pub async fn run(instrument: &Instrument) {
     let options = instrument.config.scanner.clone().unwrap_or_default();
     if let Some(input) = instrument.config.input.clone() {
-        tracing::error!(
-            instrument = %instrument.id(),
-            input = %input.display(),
-            "keyboard-wedge scanners are not wired to the agent yet: use a serial scanner"
-        );
+        wedge(instrument, &options, input).await;
         return;
     }
     let Some(path) = instrument.config.port.clone() else {
@@ -238,6 +243,90 @@ async fn serial_session(
                 }
             }
         }
+    }
+}
+
+/// A keyboard-wedge scanner: a reader task turns key events into scans,
+/// this task stores them.
+async fn wedge(instrument: &Instrument, options: &ScannerOptions, path: std::path::PathBuf) {
+    let config = DecoderConfig {
+        layout: Layout::by_name(&options.layout).unwrap_or(Layout::US),
+        max_len: options.max_len,
+        ..DecoderConfig::default()
+    };
+    // A few scans of slack: storing one takes a disk sync, a person scans
+    // at most a few a second.
+    let (scans, mut received) = tokio::sync::mpsc::channel::<WedgeScan>(16);
+    let reader = {
+        let instrument = instrument.clone();
+        tokio::spawn(async move { wedge_reader(&instrument, config, &path, &scans).await })
+    };
+    let mut shutdown = instrument.shutdown.clone();
+    loop {
+        let scan = tokio::select! {
+            scan = received.recv() => scan,
+            _ = super::stopping(&mut shutdown) => None,
+        };
+        let Some(scan) = scan else { break };
+        match store_scan(instrument, options, &scan.data, scan.time).await {
+            Ok(()) => {}
+            Err(StoreRefused::Stopping) => break,
+            Err(e) => {
+                super::Counters::add(&instrument.counters.errors, 1);
+                tracing::error!(instrument = %instrument.id(), error = %e, "scan not stored");
+            }
+        }
+    }
+    reader.abort();
+}
+
+/// Reads the input device with backoff while it is away, logging each
+/// change of state once.
+async fn wedge_reader(
+    instrument: &Instrument,
+    config: DecoderConfig,
+    path: &std::path::Path,
+    scans: &tokio::sync::mpsc::Sender<WedgeScan>,
+) {
+    let id = instrument.id();
+    let mut decoder = Decoder::new(config);
+    let mut backoff = super::port::Backoff::default();
+    let mut attached = false;
+    let mut absence_logged = false;
+    loop {
+        // read_scans opens and reads in one call; a probe first tells the
+        // moment the device is there, for the attach log.
+        if evdev::Device::open(path).is_ok() && !attached {
+            attached = true;
+            absence_logged = false;
+            backoff = super::port::Backoff::default();
+            super::Counters::add(&instrument.counters.attached, 1);
+            tracing::info!(instrument = %id, port = %path.display(), "instrument attached");
+        }
+        match crate::wedge::read_scans(path, &mut decoder, scans).await {
+            Ok(()) => return,
+            Err(error @ DeviceError::Lost { .. }) => {
+                attached = false;
+                absence_logged = true;
+                super::Counters::add(&instrument.counters.detached, 1);
+                tracing::warn!(instrument = %id, %error, "instrument detached");
+            }
+            Err(error) if absence_logged => {
+                attached &= matches!(error, DeviceError::Grab { .. });
+                tracing::debug!(instrument = %id, %error, "still not available");
+            }
+            Err(error) => {
+                attached &= matches!(error, DeviceError::Grab { .. });
+                absence_logged = true;
+                tracing::warn!(
+                    instrument = %id,
+                    %error,
+                    "instrument not available: check the cable, the path and that no other \
+                     program holds the device; retrying"
+                );
+            }
+        }
+        tokio::time::sleep(backoff.next()).await;
     }
 }
 
