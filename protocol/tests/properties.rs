@@ -18,6 +18,7 @@ fn quantity() -> impl Strategy<Value = Quantity> {
         Just(Quantity::DoseRate),
         Just(Quantity::CountRate),
         Just(Quantity::Other),
+        Just(Quantity::AlarmOutput),
     ]
 }
 
