@@ -35,6 +35,7 @@ pub mod hl7;
 pub mod instrument;
 pub mod keys;
 pub mod modbus;
+pub mod node;
 pub mod platform;
 pub mod receive;
 pub mod record;

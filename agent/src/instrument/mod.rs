@@ -85,6 +85,9 @@ pub struct InstrumentConfig {
     /// Options of the `modbus` driver (the instrument is one RS-485 bus).
     #[serde(default)]
     pub modbus: Option<crate::modbus::BusOptions>,
+    /// Options of the `node` driver.
+    #[serde(default)]
+    pub node: Option<crate::node::NodeOptions>,
 }
 
 /// The drivers.
@@ -101,6 +104,8 @@ pub enum DriverKind {
     Hl7,
     /// Sensors on an RS-485 bus speaking Modbus RTU.
     Modbus,
+    /// kouan sensor nodes speaking the node link (docs/node-link.md).
+    Node,
 }
 
 /// The hazard categories of the monitoring points.
@@ -185,6 +190,10 @@ impl InstrumentConfig {
                     ));
                 };
                 options.validate(self).map_err(|m| (field("modbus"), m))?;
+            }
+            DriverKind::Node => {
+                let options = self.node.clone().unwrap_or_default();
+                options.validate(self).map_err(|m| (field("node"), m))?;
             }
         }
         Ok(())
@@ -519,6 +528,7 @@ async fn run(instrument: &Instrument) {
         DriverKind::Astm => crate::astm::run(instrument).await,
         DriverKind::Hl7 => crate::hl7::run(instrument).await,
         DriverKind::Modbus => crate::modbus::run(instrument).await,
+        DriverKind::Node => crate::node::run(instrument).await,
     }
 }
 
