@@ -560,6 +560,9 @@ impl<const N: usize> Node<N> {
             return;
         }
 
+        // An agent can only have stored what was sent: an ack beyond that
+        // is a bug on its side, and freeing unsent samples would lose them.
+        let through = through.min(self.sent_through);
         let mut freed = false;
         while self.buffer.front().is_some_and(|s| s.seq <= through) {
             self.buffer.pop_front();
@@ -931,6 +934,19 @@ mod tests {
         assert_eq!(node.status(200).buffered, 1);
         node.record(0, 1.0, 300);
         assert_eq!(seqs(&drain(&mut node, 300)), [6]);
+    }
+
+    #[test]
+    fn ack_beyond_what_was_sent_frees_only_what_was_sent() {
+        let mut node = node::<8>();
+        fill(&mut node, 2, 0);
+        drain(&mut node, 0);
+        fill(&mut node, 2, 10);
+
+        ack(&mut node, BOOT, 100, 20);
+
+        assert_eq!(node.status(20).buffered, 2);
+        assert_eq!(seqs(&drain(&mut node, 20)), [3, 4]);
     }
 
     #[test]
