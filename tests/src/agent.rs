@@ -27,11 +27,17 @@ impl Agent {
     /// Writes a config with `instruments` (TOML `[[instrument]]` sections)
     /// in `dir` and starts the agent.
     pub fn start(dir: &Path, instruments: &str) -> Agent {
+        Agent::start_with_store(dir, "", instruments)
+    }
+
+    /// [`Agent::start`] with extra lines for the `[store]` section, e.g. a
+    /// tiny `max_bytes` for a store that refuses readings.
+    pub fn start_with_store(dir: &Path, store_extra: &str, instruments: &str) -> Agent {
         let (key, public) = keygen(dir, "ed25519");
         let config = dir.join("kouan.toml");
         let text = format!(
             "[agent]\nnode = \"gy-air-01\"\nsite = \"guiyang-airport\"\n\n\
-             [keys]\nsigning = \"{}\"\n\n[store]\npath = \"{}\"\n\n{instruments}\n",
+             [keys]\nsigning = \"{}\"\n\n[store]\npath = \"{}\"\n{store_extra}\n\n{instruments}\n",
             path_str(&key),
             path_str(&dir.join("kouan.db")),
         );
