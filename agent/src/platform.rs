@@ -62,6 +62,15 @@ impl Topics {
     }
 }
 
+/// Every control order, each retained on its own topic (one retained
+/// message per topic, so one topic per order).
+pub const ORDERS: &str = "kouan/v1/orders/#";
+
+/// The retained topic of order `id`.
+pub fn order_topic(id: &str) -> String {
+    format!("kouan/v1/orders/{id}")
+}
+
 /// The platform host's state topic.
 pub fn host_state_topic(host: &str) -> String {
     format!("kouan/v1/host/{host}/state")

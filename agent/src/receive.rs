@@ -56,6 +56,8 @@ pub struct ReceiveConfig {
     pub ack_interval: Duration,
     /// How long a hole may stay open before a replay is asked.
     pub replay_after: Duration,
+    /// A directory watched for control orders to sign and publish.
+    pub orders_dir: Option<PathBuf>,
 }
 
 /// What the receiver knows of one stream of one agent.
@@ -160,6 +162,7 @@ pub async fn run(config: ReceiveConfig, mut shutdown: watch::Receiver<bool>) -> 
                 _ = tick.tick() => {
                     receiver.commit_and_ack(&client)?;
                     receiver.ask_replays(&client)?;
+                    receiver.publish_orders(&client)?;
                 }
             }
         };
@@ -415,6 +418,59 @@ impl Receiver {
             p.seq,
             p.kind.as_str()
         ));
+        Ok(())
+    }
+
+    /// Signs and publishes, retained, each order file (`*.toml`) in the
+    /// orders directory, then renames it `*.toml.published`. A file that
+    /// does not parse is renamed `*.toml.rejected` and reported.
+    fn publish_orders(&mut self, client: &AsyncClient) -> anyhow::Result<()> {
+        let Some(dir) = &self.config.orders_dir else {
+            return Ok(());
+        };
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the orders directory {}", dir.display()))?;
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let parsed = std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    toml::from_str::<crate::rapid::order::OrderFile>(&text)
+                        .map_err(|e| e.to_string())
+                });
+            let mut done = file.clone().into_os_string();
+            match parsed {
+                Ok(order) => {
+                    let order = order.order(unix_ms());
+                    if let Err(reason) = order.validate() {
+                        event(format_args!("order-rejected {}: {reason}", file.display()));
+                        done.push(".rejected");
+                    } else {
+                        let bytes = platform::sign(&order, &self.platform)?;
+                        let topic = platform::order_topic(&order.id);
+                        client.try_publish(topic, QoS::AtLeastOnce, true, bytes)?;
+                        event(format_args!(
+                            "order-published {} issued {}{}",
+                            order.id,
+                            order.issued,
+                            if order.revoked { " revoked" } else { "" }
+                        ));
+                        done.push(".published");
+                    }
+                }
+                Err(reason) => {
+                    event(format_args!("order-rejected {}: {reason}", file.display()));
+                    done.push(".rejected");
+                }
+            }
+            std::fs::rename(&file, &done)
+                .with_context(|| format!("renaming {}", file.display()))?;
+        }
         Ok(())
     }
 

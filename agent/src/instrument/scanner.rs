@@ -174,6 +174,9 @@ pub async fn store_scan(
         .store(Kind::Scan, record::body(&body), time)
         .await?;
     tracing::info!(instrument = %instrument.id(), seq = appended.seq, %code, "scan stored");
+    if let Some(rapid) = &instrument.rapid {
+        rapid.after_scan(instrument.id(), &body, appended.seq).await;
+    }
     if body.problem.is_none() {
         instrument.trace.scanned(
             instrument.id(),
