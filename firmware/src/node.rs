@@ -264,8 +264,8 @@ pub struct Node<const N: usize> {
 
     /// Unacknowledged samples, oldest first, numbers contiguous.
     buffer: Deque<Sample, N>,
-    /// The number the next kept sample gets; numbers start at 1.
-    next_seq: u32,
+    /// Samples numbered this boot; the next one gets this plus 1.
+    numbered: u32,
     /// Highest number sent at least once.
     sent_through: u32,
     /// When the go-back timer fires, if it runs.
@@ -281,7 +281,9 @@ pub struct Node<const N: usize> {
 
     hello_pending: bool,
     status_pending: bool,
-    status_due_ms: u64,
+    /// When the last status went out (0 at boot: the first periodic one
+    /// comes a period after boot).
+    status_sent_ms: u64,
     results: Deque<CommandResult, PENDING_RESULTS>,
 
     alarm: Option<u8>,
@@ -293,13 +295,54 @@ pub struct Node<const N: usize> {
 impl<const N: usize> Node<N> {
     /// A node at boot: its hello is the first message to go out, and every
     /// periodic sensor is due at once.
+    ///
+    /// The node is built on the stack and moved out; a board keeps it in a
+    /// `static` with [`Node::empty`] and [`Node::init`] instead, so that the
+    /// sample buffer is never copied through the stack.
     pub fn new(config: &Config<'_>) -> Result<Self, ConfigError> {
+        let mut node = Node::empty();
+        node.init(config)?;
+        Ok(node)
+    }
+
+    /// A node without identity or sensors, to place in a `static` and
+    /// [`Node::init`] there. It sends nothing until then. Every byte of it
+    /// is zero, so such a static costs no flash (it lands in `.bss`).
+    pub const fn empty() -> Self {
         const {
             assert!(
                 N >= 2 && N <= u16::MAX as usize,
                 "the sample buffer holds 2 to 65535 samples"
             )
         };
+        Node {
+            node_id: String::new(),
+            firmware: String::new(),
+            boot: 0,
+            slots: Vec::new(),
+            link: Link::new(),
+            buffer: Deque::new(),
+            numbered: 0,
+            sent_through: 0,
+            retransmit_at: None,
+            resend_next: 0,
+            resend_left: 0,
+            dropped: 0,
+            dropping: false,
+            retransmitted: 0,
+            hello_pending: false,
+            status_pending: false,
+            status_sent_ms: 0,
+            results: Deque::new(),
+            alarm: None,
+            identify_until: None,
+            clock_offset_ms: None,
+        }
+    }
+
+    /// Starts the node in place as [`Node::new`] would, forgetting any
+    /// earlier state. On error the node is left as it was.
+    pub fn init(&mut self, config: &Config<'_>) -> Result<(), ConfigError> {
         let node_id = String::try_from(config.node_id).map_err(|_| ConfigError::NameTooLong)?;
         let firmware = String::try_from(config.firmware).map_err(|_| ConfigError::NameTooLong)?;
 
@@ -325,33 +368,33 @@ impl<const N: usize> Node<N> {
             slots.push(slot).map_err(|_| ConfigError::TooManySensors)?;
         }
 
-        let mut node = Node {
-            node_id,
-            firmware,
-            boot: config.boot,
-            slots,
-            link: Link::new(),
-            buffer: Deque::new(),
-            next_seq: 1,
-            sent_through: 0,
-            retransmit_at: None,
-            resend_next: 0,
-            resend_left: 0,
-            dropped: 0,
-            dropping: false,
-            retransmitted: 0,
-            hello_pending: true,
-            status_pending: false,
-            status_due_ms: STATUS_PERIOD_MS,
-            results: Deque::new(),
-            alarm: None,
-            identify_until: None,
-            clock_offset_ms: None,
-        };
+        // Field by field: assigning a whole node would copy the buffer.
+        self.node_id = node_id;
+        self.firmware = firmware;
+        self.boot = config.boot;
+        self.slots = slots;
+        self.link = Link::new();
+        self.buffer.clear();
+        self.numbered = 0;
+        self.sent_through = 0;
+        self.retransmit_at = None;
+        self.resend_next = 0;
+        self.resend_left = 0;
+        self.dropped = 0;
+        self.dropping = false;
+        self.retransmitted = 0;
+        self.hello_pending = true;
+        self.status_pending = false;
+        self.status_sent_ms = 0;
+        self.results.clear();
+        self.alarm = None;
+        self.identify_until = None;
+        self.clock_offset_ms = None;
+
         // The alarm output's state at boot is the first thing a node with
         // one reports, so the agent never has to guess it.
-        node.record_alarm(0);
-        Ok(node)
+        self.record_alarm(0);
+        Ok(())
     }
 
     /// This boot's id.
@@ -407,7 +450,7 @@ impl<const N: usize> Node<N> {
         if self.buffer.is_full() {
             self.dropped = self.dropped.saturating_add(1);
             if !self.dropping {
-                warn!("sample buffer full, dropping from seq {}", self.next_seq);
+                warn!("sample buffer full, dropping after seq {}", self.numbered);
                 self.dropping = true;
                 self.status_pending = true;
             }
@@ -426,7 +469,7 @@ impl<const N: usize> Node<N> {
         }
 
         let sample = Sample {
-            seq: self.next_seq,
+            seq: self.numbered + 1,
             sensor,
             value,
             unit,
@@ -434,7 +477,7 @@ impl<const N: usize> Node<N> {
         };
         // The buffer is not full, so this cannot fail.
         if self.buffer.push_back(sample).is_ok() {
-            self.next_seq += 1;
+            self.numbered += 1;
         }
     }
 
@@ -463,9 +506,9 @@ impl<const N: usize> Node<N> {
         if let Some(result) = self.results.pop_front() {
             return Some(NodeMsg::CommandResult(result));
         }
-        if self.status_pending || now >= self.status_due_ms {
+        if self.status_pending || now >= self.status_sent_ms + STATUS_PERIOD_MS {
             self.status_pending = false;
-            self.status_due_ms = now + STATUS_PERIOD_MS;
+            self.status_sent_ms = now;
             return Some(NodeMsg::Status(self.status(now)));
         }
 
@@ -1248,6 +1291,32 @@ mod tests {
                 synced: true
             }
         );
+    }
+
+    #[test]
+    fn init_in_place_starts_a_new_boot() {
+        let mut node = node::<8>();
+        fill(&mut node, 3, 0);
+        drain(&mut node, 0);
+
+        let next = Config {
+            boot: BOOT + 1,
+            ..config(&SENSORS)
+        };
+        node.init(&next).unwrap();
+
+        let msgs = drain(&mut node, 0);
+        assert!(matches!(&msgs[0], NodeMsg::Hello(hello) if hello.boot == BOOT + 1));
+        assert_eq!(seqs(&msgs), [1]);
+        assert_eq!(node.status(0).buffered, 1);
+    }
+
+    #[test]
+    fn empty_node_sends_nothing() {
+        let mut node = Node::<8>::empty();
+
+        assert_eq!(node.transmit(0), None);
+        assert_eq!(node.due(0), None);
     }
 
     #[test]

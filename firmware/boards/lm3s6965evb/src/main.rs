@@ -66,6 +66,8 @@ const GPIO_F_DEN: *mut u32 = 0x4002_551C as *mut u32;
 
 #[entry]
 fn main() -> ! {
+    static mut NODE: Node<CAPACITY> = Node::empty();
+
     let Some(mut core) = cortex_m::Peripherals::take() else {
         panic!("peripherals taken twice");
     };
@@ -81,16 +83,13 @@ fn main() -> ! {
         boot,
         sensors: &sensors,
     };
-    // In a static, so that the RAM figure of the image (data + bss)
-    // includes the sample buffer.
-    let node = cortex_m::singleton!(: Option<Node<CAPACITY>> = None);
-    let Some(node) = node else {
-        panic!("node made twice");
-    };
-    let Ok(made) = Node::new(&config) else {
+    // cortex-m-rt makes this a `&'static mut` that only `main` holds. An
+    // all-zero static, so the sample buffer is neither in flash nor ever
+    // copied through the stack, and the RAM figure (bss) includes it.
+    let node: &'static mut Node<CAPACITY> = NODE;
+    if node.init(&config).is_err() {
         panic!("node config refused");
-    };
-    let node = node.insert(made);
+    }
 
     let mut station = simulated_station();
     let mut tube = GeigerSim::new();

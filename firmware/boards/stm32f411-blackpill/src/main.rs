@@ -109,6 +109,8 @@ static TUBE: Mutex<RefCell<Option<PA8<PinInput>>>> = Mutex::new(RefCell::new(Non
 
 #[entry]
 fn main() -> ! {
+    static mut NODE: Node<CAPACITY> = Node::empty();
+
     let (Some(mut dp), Some(mut cp)) = (pac::Peripherals::take(), cortex_m::Peripherals::take())
     else {
         panic!("peripherals taken twice");
@@ -168,15 +170,13 @@ fn main() -> ! {
         boot,
         sensors: &sensors,
     };
-    // In a static, so that the image's RAM figure (data + bss) includes
-    // the sample buffer.
-    let Some(node) = cortex_m::singleton!(: Option<Node<CAPACITY>> = None) else {
-        panic!("node made twice");
-    };
-    let Ok(made) = Node::new(&config) else {
+    // cortex-m-rt makes this a `&'static mut` that only `main` holds. An
+    // all-zero static, so the sample buffer is neither in flash nor ever
+    // copied through the stack, and the RAM figure (bss) includes it.
+    let node: &'static mut Node<CAPACITY> = NODE;
+    if node.init(&config).is_err() {
         panic!("node config refused");
-    };
-    let node = node.insert(made);
+    }
 
     // A CO cell board: 0.4 V in zero air, 1.6 V in 100 ppm span gas,
     // range 0 to 500 ppm. Replace with the values of the site calibration.
