@@ -20,8 +20,10 @@
 //! - In a session, each good frame with the expected number gets `ACK`.
 //!   A bad checksum or an unexpected number gets `NAK`, and the analyzer
 //!   resends. A resend of the frame just acknowledged (its `ACK` was lost)
-//!   is acknowledged again without taking its text twice. Numbers run
-//!   1..7, 0, 1, ...; a wrap from 7 to 1 is accepted too.
+//!   is acknowledged again without taking its text twice (a resend is the
+//!   same bytes, not only the same number). Numbers run 1..7, 0, 1, ...;
+//!   a wrap from 7 to 1 is accepted too, and so is a message whose frames
+//!   are numbered from 1 again.
 //! - `CR LF`, `LF` alone or `CR` alone end a frame. A record whose text
 //!   lacks the `CR` before `ETX` gets one, so records stay separated.
 //! - Frames longer than the standard 247 bytes are accepted up to
@@ -198,9 +200,11 @@ enum State {
 }
 
 /// Where to roll back to if the caller cannot store a message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pending {
     number: u8,
+    /// The completing frame, number through `ETB`/`ETX`.
+    frame: Vec<u8>,
     prefix: usize,
     terminator: Option<usize>,
 }
@@ -248,6 +252,9 @@ pub struct Receiver {
     terminator: Option<usize>,
     expected: u8,
     last: Option<u8>,
+    /// The last accepted frame, number through `ETB`/`ETX`: a resend is
+    /// this frame again, not just its number.
+    last_frame: Vec<u8>,
     session_frames: u64,
     pending: Option<Pending>,
     /// Bytes that arrived while a confirmation was pending. One frame's
@@ -272,6 +279,7 @@ impl Receiver {
             terminator: None,
             expected: 1,
             last: None,
+            last_frame: Vec::new(),
             session_frames: 0,
             pending: None,
             held: Vec::new(),
@@ -319,7 +327,7 @@ impl Receiver {
             self.message.clear();
             self.terminator = None;
             self.stats.messages += 1;
-            self.accept(pending.number, &mut out);
+            self.accept(pending.number, &pending.frame, &mut out);
         } else {
             self.message.truncate(pending.prefix);
             self.terminator = pending.terminator;
@@ -537,15 +545,19 @@ impl Receiver {
                 return;
             }
         };
-        // The analyzer missed our ACK and sent the same frame again.
-        if self.last == Some(number) {
+        // The analyzer missed our ACK and sent the same frame again. Only
+        // the same bytes are a resend: an analyzer that numbers each
+        // message from 1 may send a new frame with the last one's number.
+        if self.last == Some(number) && self.last_frame == frame {
             self.stats.retransmissions += 1;
             out.push(Event::Send(ACK));
             return;
         }
         // Some analyzers count 6, 7, 1 instead of 6, 7, 0, 1.
         let wrapped_to_one = self.expected == 0 && number == 1;
-        if number != self.expected && !wrapped_to_one {
+        // Some number each message's frames from 1 again.
+        let restarted = number == 1 && self.message.is_empty();
+        if number != self.expected && !wrapped_to_one && !restarted {
             self.stats.bad_frame_number += 1;
             out.push(Event::Send(NAK));
             return;
@@ -561,6 +573,7 @@ impl Receiver {
 
         let pending = Pending {
             number,
+            frame: frame.to_vec(),
             prefix: self.message.len(),
             terminator: self.terminator,
         };
@@ -577,12 +590,14 @@ impl Receiver {
             self.state = State::Confirm;
             out.push(Event::Message(self.message.clone()));
         } else {
-            self.accept(number, out);
+            self.accept(number, frame, out);
         }
     }
 
-    fn accept(&mut self, number: u8, out: &mut Vec<Event>) {
+    fn accept(&mut self, number: u8, frame: &[u8], out: &mut Vec<Event>) {
         self.last = Some(number);
+        self.last_frame.clear();
+        self.last_frame.extend_from_slice(frame);
         self.expected = (number + 1) % 8;
         self.session_frames += 1;
         self.stats.frames += 1;
@@ -847,6 +862,43 @@ mod tests {
             rx.on_bytes(&frame(1, b"H|\\^&\r", ETX), now),
             [Event::Send(ACK)]
         );
+    }
+
+    #[test]
+    fn frame_numbers_restarting_at_1_per_message_are_accepted() {
+        let now = Instant::now();
+        let mut rx = opened(LinkConfig::default(), now);
+        let first = frame(1, b"H|\\^&\rR|1|^^^A|1\rL|1|N\r", ETX);
+        let second = frame(1, b"H|\\^&\rR|1|^^^B|2\rL|1|N\r", ETX);
+        let third = [frame(1, b"H|\\^&\r", ETX), frame(2, b"L|1|N\r", ETX)].concat();
+        let events = drive(&mut rx, [&first[..], &second[..], &third[..]], now);
+        assert_eq!(
+            messages(&events),
+            [
+                b"H|\\^&\rR|1|^^^A|1\rL|1|N\r".to_vec(),
+                b"H|\\^&\rR|1|^^^B|2\rL|1|N\r".to_vec(),
+                b"H|\\^&\rL|1|N\r".to_vec()
+            ]
+        );
+        assert_eq!(naks(&events), 0);
+        assert_eq!(rx.stats().retransmissions, 0);
+    }
+
+    #[test]
+    fn a_new_frame_with_the_last_number_mid_message_is_not_a_resend() {
+        let now = Instant::now();
+        let mut rx = opened(LinkConfig::default(), now);
+        assert_eq!(
+            rx.on_bytes(&frame(1, b"H|\\^&\r", ETX), now),
+            [Event::Send(ACK)]
+        );
+        // Number 1 again with other text, mid-message: neither a resend
+        // nor a restart.
+        assert_eq!(
+            rx.on_bytes(&frame(1, b"R|1|^^^A|1\r", ETX), now),
+            [Event::Send(NAK)]
+        );
+        assert_eq!(rx.stats().bad_frame_number, 1);
     }
 
     /// Ten frames numbered 1..7 then `after_seven`, `after_seven + 1`, ...
