@@ -270,7 +270,7 @@ impl<P: AsyncRead + AsyncWrite + Unpin> Link<'_, P> {
                     instrument = %self.instrument.id(),
                     point = %point.name,
                     register = point.address,
-                    table = ?point.table,
+                    table = point.table.name(),
                     %error,
                     "modbus point unreadable"
                 ),

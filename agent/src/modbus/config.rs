@@ -404,8 +404,10 @@ impl BusOptions {
         });
         if table.is_bits() != (data_type == DataType::Bool) {
             return Err(format!(
-                "type {data_type:?} does not fit table {table:?}: coils and discrete inputs \
-                 are bool, registers are u16, i16, u32, i32 or f32"
+                "type {} does not fit table {}: coils and discrete inputs are bool, \
+                 registers are u16, i16, u32, i32 or f32",
+                data_type.name(),
+                table.name()
             ));
         }
         if u32::from(address) + u32::from(data_type.width()) > 0x1_0000 {

@@ -53,6 +53,16 @@ impl Table {
         }
     }
 
+    /// The table's name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::DiscreteInput => "discrete-input",
+            Table::InputRegister => "input-register",
+            Table::HoldingRegister => "holding-register",
+        }
+    }
+
     /// Whether the table holds bits.
     pub fn is_bits(self) -> bool {
         matches!(self, Table::Coil | Table::DiscreteInput)
@@ -112,6 +122,18 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// The type's name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool",
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::F32 => "f32",
+        }
+    }
+
     /// Registers (or bits, for `bool`) the point spans.
     pub fn width(self) -> u16 {
         match self {
