@@ -57,7 +57,7 @@ pattern write kouan/v1/%u/rec/#
 pattern write kouan/v1/%u/alert
 pattern read kouan/v1/%u/ack
 pattern read kouan/v1/%u/cmd/#
-pattern read kouan/v1/orders
+pattern read kouan/v1/orders/#
 pattern read kouan/v1/host/+/state
 
 # The central platform: reads everything, acks and commands every node.
@@ -65,7 +65,7 @@ user platform
 topic read kouan/v1/#
 topic write kouan/v1/+/ack
 topic write kouan/v1/+/cmd/#
-topic write kouan/v1/orders
+topic write kouan/v1/orders/#
 topic write kouan/v1/host/#
 ";
 
