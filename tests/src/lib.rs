@@ -196,6 +196,7 @@ key = "{tls_key}"
 }
 
 pub mod agent;
+pub mod bench;
 pub mod broker;
 pub mod pki;
 pub mod proxy;

@@ -53,7 +53,7 @@ impl VirtualPort {
         VirtualPort {
             link: link.to_owned(),
             master,
-            slave: slave,
+            slave,
         }
     }
 

@@ -49,7 +49,7 @@ pub fn alerts(args: &AlertsArgs) -> anyhow::Result<bool> {
             "no alerts: {} does not exist yet (the agent creates it)",
             db.display()
         );
-        return Ok(matches!(args.command, None));
+        return Ok(args.command.is_none());
     }
     match &args.command {
         None => list(store, args.all),
