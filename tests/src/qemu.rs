@@ -47,6 +47,18 @@ const IMAGE: &str = "kouan-node-lm3s6965evb";
 /// Where QEMU's loader writes the boot seed (the board's memory.x).
 const BOOT_SEED_ADDR: u32 = 0x2000_FFF0;
 
+/// Where the LM3S6965's RAM starts.
+pub const RAM_BASE: u32 = 0x2000_0000;
+/// The LM3S6965's RAM: 64 KiB.
+pub const RAM_SIZE: usize = 64 * 1024;
+
+/// The top of the image's stack, as an offset into RAM: just below the
+/// boot words (memory.x).
+const STACK_TOP: usize = (BOOT_SEED_ADDR - RAM_BASE) as usize;
+
+/// The word cortex-m-rt's `paint-stack` feature fills the stack with.
+const PAINT: [u8; 4] = [0xCC; 4];
+
 /// How long QEMU may take to start or to answer its monitor. Generous: it
 /// only keeps a broken environment from hanging the test run.
 const PROCESS_WAIT: Duration = Duration::from_secs(60);
@@ -141,6 +153,18 @@ impl Node {
         self.monitor_command("stop");
     }
 
+    /// Writes the node's whole RAM ([`RAM_SIZE`] bytes from [`RAM_BASE`])
+    /// to `path`, through the monitor's `pmemsave`. Pause the node first
+    /// for a consistent picture.
+    pub fn save_ram(&mut self, path: &Path) {
+        let path = path.to_str().expect("test paths are UTF-8");
+        assert!(
+            !path.contains('"'),
+            "pmemsave cannot take a path with quotes"
+        );
+        self.monitor_command(&format!("pmemsave {RAM_BASE:#x} {RAM_SIZE} \"{path}\""));
+    }
+
     fn monitor_command(&mut self, command: &str) {
         writeln!(self.monitor, "{command}").expect("QEMU monitor accepts a command");
         self.read_prompt();
@@ -158,6 +182,30 @@ impl Node {
             }
         }
     }
+}
+
+/// How deep the node's stack has been since boot, in bytes, from a RAM
+/// dump of [`Node::save_ram`]: the image paints its stack at boot, so the
+/// depth ends where, going down from the top, 64 painted words in a row
+/// begin (256 bytes that a used stack never holds by chance). `None` when
+/// no painted run is found: the image was built without `paint-stack`, or
+/// the stack overran everything.
+pub fn stack_depth(ram: &[u8]) -> Option<usize> {
+    const RUN: usize = 64;
+    let mut painted = 0;
+    let mut top = STACK_TOP.min(ram.len()) / 4 * 4;
+    while top >= 4 {
+        top -= 4;
+        if ram[top..top + 4] == PAINT {
+            painted += 1;
+            if painted == RUN {
+                return Some(STACK_TOP - (top + 4 * RUN));
+            }
+        } else {
+            painted = 0;
+        }
+    }
+    None
 }
 
 impl Drop for Node {

@@ -19,7 +19,7 @@ use kouan_protocol::{
     AgentMsg, Command, CommandResult, Decoder, Hello, NodeMsg, Outcome, PROTOCOL_VERSION, Quantity,
     Sample, Status, Unit, frame,
 };
-use kouan_tests::qemu::Node;
+use kouan_tests::qemu::{self, Node};
 use serialport::TTYPort;
 
 /// Longest wait for one expected message: far beyond the node's 60 s
@@ -38,7 +38,7 @@ struct Link {
     /// Skip corrupt frames instead of failing.
     tolerate_corrupt: bool,
     node: Node,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Link {
@@ -57,7 +57,7 @@ impl Link {
             received: VecDeque::new(),
             tolerate_corrupt: false,
             node,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -446,6 +446,67 @@ fn reset_starts_a_new_boot_numbered_from_one() {
     assert_eq!(hello.boot, first.wrapping_add(1));
     let after = link.recv_until(|_, msg| sample(&msg));
     assert_eq!(after.seq, 1);
+}
+
+/// The stack the node may use, with every path exercised: a quarter of
+/// the 16 KiB RAM budget, on top of its statics (docs/firmware.md).
+const STACK_BUDGET: usize = 4 * 1024;
+
+#[test]
+fn stack_stays_within_its_budget_through_every_path() {
+    let mut link = Link::start();
+    let boot = link.hello().boot;
+    let mut samples = Samples::default();
+
+    // Every command, valid and not, with the buffer filling (no acks).
+    let commands = [
+        Command::Alarm { on: true, level: 1 },
+        Command::Alarm { on: true, level: 7 },
+        Command::Identify { seconds: 1 },
+        Command::TimeSync {
+            unix_ms: 1_764_756_000_000,
+        },
+        Command::SendHello,
+        Command::SetInterval {
+            sensor: 42,
+            interval_ms: 100,
+        },
+    ];
+    for (id, command) in commands.into_iter().enumerate() {
+        link.command(id as u16, command, &mut samples);
+    }
+    for sensor in [TEMPERATURE, HUMIDITY, GAS, DOSE_RATE, COUNT_RATE] {
+        let fast = Command::SetInterval {
+            sensor,
+            interval_ms: 100,
+        };
+        assert_eq!(link.command(100, fast, &mut samples), Outcome::Done);
+    }
+
+    // Garbage, an oversize frame and a frame with a bad CRC on the line.
+    let mut garbage: Vec<u8> = (1..=255).cycle().take(600).collect();
+    garbage.extend_from_slice(&[0, 0x05, 0x01, 0x02, 0x03, 0x04, 0]);
+    link.port.write_all(&garbage).unwrap();
+
+    // Drops, then retransmission of the full buffer, then recovery.
+    link.recv_until(|link, msg| match msg {
+        NodeMsg::Status(status) if status.dropped > 0 => Some(()),
+        msg => samples.take(link, msg),
+    });
+    link.recv_until(|link, msg| samples.repeat(&msg).or_else(|| samples.take(link, msg)));
+    link.ack(boot, samples.through);
+    link.recv_until(|_, msg| sample(&msg).filter(|s| s.seq > u32::from(CAPACITY)));
+
+    link.node.pause();
+    let dump = link.dir.path().join("ram.bin");
+    link.node.save_ram(&dump);
+    let ram = std::fs::read(&dump).unwrap();
+    let depth = qemu::stack_depth(&ram).expect("the image paints its stack (feature paint-stack)");
+    assert!(
+        depth > 0 && depth <= STACK_BUDGET,
+        "stack high-water mark {depth} bytes"
+    );
+    println!("stack high-water mark: {depth} bytes");
 }
 
 #[test]
