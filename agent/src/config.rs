@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::instrument::{DriverKind, InstrumentConfig};
+
+pub mod spans;
 use crate::writer::{FullPolicy, WriterConfig};
 
 /// The whole configuration.
@@ -172,32 +174,17 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The TOML is malformed or a field is wrong (the message has the line).
-    #[error("config {path}: {message}")]
-    Parse {
+    /// A field is unknown, missing, of the wrong type or has a wrong value,
+    /// or the file is not TOML.
+    #[error("config {path}, line {line}: {field}: {message}")]
+    Field {
         /// The file.
         path: PathBuf,
-        /// toml's message, with line, column and the offending field.
-        message: String,
-    },
-    /// An instrument section is wrong.
-    #[error("config {path}: {field}: {message}")]
-    Instrument {
-        /// The file.
-        path: PathBuf,
-        /// The instrument and its field.
+        /// The line (from 1) of the field, or of its table when it is missing.
+        line: usize,
+        /// The field, as `section.key` or `instrument "id": key`.
         field: String,
-        /// What is wrong and what to do.
-        message: String,
-    },
-    /// The fields are each fine but do not fit together.
-    #[error("config {path}: {field}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The field, as `section.key`.
-        field: &'static str,
-        /// What is wrong and what to do.
+        /// What is wrong and how to fix it.
         message: String,
     },
 }
@@ -213,14 +200,43 @@ impl Config {
     }
 
     /// Parses configuration text; `path` is for messages and relative paths.
+    /// Returns the first problem; [`Config::parse_all`] returns them all.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let (config, mut problems) = Config::parse_all(text, path);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems.remove(0)),
+        }
+    }
+
+    /// Parses configuration text and lists every problem found.
+    ///
+    /// toml stops at the first wrong field; an unknown key is taken out and
+    /// the text parsed again, so that every typo is listed at once. Other
+    /// errors stop there (what follows may only be their consequence). When
+    /// the file parses, every check runs. The config is returned whenever
+    /// it parsed, also with problems, so that more can be checked.
+    pub fn parse_all(text: &str, path: &Path) -> (Option<Config>, Vec<ConfigError>) {
+        let spans = spans::Spans::new(text);
+        let mut text = text.to_owned();
+        let mut problems = Vec::new();
+        let mut config: Config = loop {
+            match toml::from_str(&text) {
+                Ok(config) => break config,
+                Err(error) => {
+                    let unknown = error.message().starts_with("unknown field");
+                    problems.push(parse_error(&error, &text, &spans, path));
+                    let span = error.span().filter(|_| unknown && problems.len() < 50);
+                    match span.and_then(|span| without_key(&text, span)) {
+                        Some(fixed) => text = fixed,
+                        None => return (None, problems),
+                    }
+                }
+            }
+        };
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        config.validate(path)?;
-        Ok(config)
+        problems.extend(config.problems(path, &spans));
+        (Some(config), problems)
     }
 
     /// Relative paths in the file are relative to the file's directory.
@@ -232,6 +248,9 @@ impl Config {
         };
         fix(&mut self.keys.signing);
         fix(&mut self.store.path);
+        if let Some(socket) = &mut self.status.socket {
+            fix(socket);
+        }
         if let Some(uplink) = &mut self.uplink {
             if let Some(key) = &mut uplink.platform_key {
                 fix(key);
@@ -244,114 +263,189 @@ impl Config {
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
+    /// Every check serde cannot make, each problem with its line.
+    fn problems(&self, path: &Path, spans: &spans::Spans) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut invalid = |field: &'static str, message: String| {
+            let segs: Vec<spans::Seg> = field.split('.').map(spans::Seg::from).collect();
+            problems.push(ConfigError::Field {
+                path: path.to_owned(),
+                line: spans.line(&segs),
+                field: field.to_owned(),
+                message,
+            });
         };
         if !is_topic_segment(&self.agent.node) {
-            return Err(invalid(
+            invalid(
                 "agent.node",
                 format!(
                     "{:?} must be 1 to 64 of a-z, 0-9, '-' and '_' (it is an MQTT topic segment)",
                     self.agent.node
                 ),
-            ));
+            );
         }
         if self.store.checkpoint_every == 0 {
-            return Err(invalid(
-                "store.checkpoint_every",
-                "must be at least 1".into(),
-            ));
+            invalid("store.checkpoint_every", "must be at least 1".into());
         }
         if let Some(uplink) = &self.uplink {
             if uplink.tls.is_none() && !uplink.plain_tcp {
-                return Err(invalid(
+                invalid(
                     "uplink.tls",
                     "missing: give [uplink.tls] ca, cert and key, or set plain_tcp = true \
                      for a broker on this machine"
                         .into(),
-                ));
+                );
             }
             if uplink.delivery == Delivery::Platform && uplink.platform_key.is_none() {
-                return Err(invalid(
+                invalid(
                     "uplink.platform_key",
                     "missing: delivery = \"platform\" needs the platform's public key to \
                      verify its acks (or set delivery = \"broker\", which is weaker)"
                         .into(),
-                ));
+                );
             }
             if uplink.inflight == 0 {
-                return Err(invalid("uplink.inflight", "must be at least 1".into()));
+                invalid("uplink.inflight", "must be at least 1".into());
             }
             if let Some(host) = &uplink.platform_host
                 && !is_topic_segment(host)
             {
-                return Err(invalid(
+                invalid(
                     "uplink.platform_host",
                     format!("{host:?} must be 1 to 64 of a-z, 0-9, '-' and '_'"),
-                ));
+                );
             }
         }
-        self.validate_instruments(path)
+        problems.extend(self.instrument_problems(path, spans));
+        problems.extend(self.limit_problems(path, spans));
+        problems
     }
 
-    fn validate_instruments(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Instrument {
-            path: path.to_owned(),
-            field,
-            message,
-        };
-        let mut ids = std::collections::HashSet::new();
-        let mut ports = std::collections::HashMap::new();
-        for instrument in &self.instruments {
-            instrument
-                .validate()
-                .map_err(|(field, message)| invalid(field, message))?;
-            if !ids.insert(instrument.id.as_str()) {
-                return Err(invalid(
-                    format!("instrument {:?}", instrument.id),
-                    "two [[instrument]] sections have this id".into(),
-                ));
+    /// `[[limit]]` sections: consistent, and naming instruments that exist.
+    fn limit_problems(&self, path: &Path, spans: &spans::Spans) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for (index, limit) in self.limits.iter().enumerate() {
+            let segs = [spans::Seg::from("limit"), spans::Seg::Index(index)];
+            let mut invalid = |message: String| {
+                problems.push(ConfigError::Field {
+                    path: path.to_owned(),
+                    line: spans.line(&segs),
+                    field: spans.name(&segs),
+                    message,
+                })
+            };
+            if let Err(message) = limit.validate() {
+                invalid(message);
             }
-            let device = instrument.port.as_ref().or(instrument.input.as_ref());
-            if let Some(device) = device
-                && let Some(other) = ports.insert(device.clone(), instrument.id.as_str())
+            for unknown in limit
+                .instruments
+                .iter()
+                .filter(|i| !self.instruments.iter().any(|c| &c.id == *i))
             {
-                return Err(invalid(
-                    format!("instrument {:?}: port", instrument.id),
-                    format!(
-                        "{} is also the port of instrument {other:?}: one device, one instrument",
-                        device.display()
-                    ),
-                ));
+                invalid(format!("instruments: no [[instrument]] has id {unknown:?}"));
             }
         }
-        for instrument in &self.instruments {
+        problems
+    }
+
+    fn instrument_problems(&self, path: &Path, spans: &spans::Spans) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        // `field` is what follows `instrument "id": ` (a key, maybe dotted).
+        let mut invalid = |index: usize, field: &str, message: String| {
+            let mut segs = vec![spans::Seg::from("instrument"), spans::Seg::Index(index)];
+            segs.extend(
+                field
+                    .split('.')
+                    .filter(|k| !k.is_empty())
+                    .map(spans::Seg::from),
+            );
+            problems.push(ConfigError::Field {
+                path: path.to_owned(),
+                line: spans.line(&segs),
+                field: spans.name(&segs),
+                message,
+            });
+        };
+        let mut ids = std::collections::HashMap::new();
+        let mut ports = std::collections::HashMap::new();
+        for (index, instrument) in self.instruments.iter().enumerate() {
+            if let Err((field, message)) = instrument.validate() {
+                // The driver names its field as `instrument "id": key`.
+                let key = field.rsplit_once(": ").map_or("", |(_, key)| key);
+                invalid(index, key, message);
+            }
+            if let Some(first) = ids.insert(instrument.id.as_str(), index) {
+                invalid(
+                    index,
+                    "id",
+                    format!(
+                        "{:?} is also the id of [[instrument]] number {} (line {}): \
+                         give each instrument its own id",
+                        instrument.id,
+                        first + 1,
+                        spans.line(&[spans::Seg::from("instrument"), spans::Seg::Index(first)])
+                    ),
+                );
+            }
+            let (key, device) = match (&instrument.port, &instrument.input) {
+                (Some(port), _) => ("port", port),
+                (None, Some(input)) => ("input", input),
+                (None, None) => continue,
+            };
+            if let Some(other) = ports.insert(device.clone(), instrument.id.as_str()) {
+                invalid(
+                    index,
+                    key,
+                    format!(
+                        "{} is also the port of instrument {other:?}: one device, one \
+                         instrument (run `kouan ports` to see the attached devices)",
+                        device.display()
+                    ),
+                );
+            }
+        }
+        for (index, instrument) in self.instruments.iter().enumerate() {
             let Some(scanner) = &instrument.scanner else {
                 continue;
             };
             for linked in &scanner.instruments {
                 let target = self.instruments.iter().find(|i| &i.id == linked);
+                let known = self
+                    .instruments
+                    .iter()
+                    .filter(|i| i.driver != DriverKind::Scanner)
+                    .map(|i| i.id.as_str())
+                    .collect::<Vec<_>>();
                 match target {
                     None => {
-                        return Err(invalid(
-                            format!("instrument {:?}: scanner.instruments", instrument.id),
-                            format!("no [[instrument]] has id {linked:?}"),
-                        ));
+                        let hint = match spans::suggest(linked, &known) {
+                            Some(near) => format!("did you mean {near:?}?"),
+                            None if known.is_empty() => {
+                                "add the [[instrument]] that the scans are for".into()
+                            }
+                            None => format!("the instruments are {}", known.join(", ")),
+                        };
+                        invalid(
+                            index,
+                            "scanner.instruments",
+                            format!("no [[instrument]] has id {linked:?}: {hint}"),
+                        );
                     }
                     Some(target) if target.driver == DriverKind::Scanner => {
-                        return Err(invalid(
-                            format!("instrument {:?}: scanner.instruments", instrument.id),
-                            format!("{linked:?} is a scanner: scans are traced to readings"),
-                        ));
+                        invalid(
+                            index,
+                            "scanner.instruments",
+                            format!(
+                                "{linked:?} is a scanner: scans are traced to the readings \
+                                 of instruments, so list only those"
+                            ),
+                        );
                     }
                     Some(_) => {}
                 }
             }
         }
-        Ok(())
+        problems
     }
 
     /// The writer settings this configuration asks for.
@@ -363,6 +457,108 @@ impl Config {
         writer.checkpoint_interval = Duration::from_secs(self.store.checkpoint_minutes * 60);
         writer
     }
+}
+
+/// A toml error as a problem with its line, field and fix.
+fn parse_error(
+    error: &toml::de::Error,
+    text: &str,
+    spans: &spans::Spans,
+    path: &Path,
+) -> ConfigError {
+    let span = error.span().unwrap_or(0..0);
+    let line = spans.line_of(span.start);
+    let mut segs = spans.path_at(&span);
+    let message = error.message();
+    let expected = message.split_once(", expected ").map(|(_, e)| e);
+    let known = expected.map(spans::backticked).unwrap_or_default();
+    let message = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let given = rest.split('`').next().unwrap_or_default();
+        let table = match segs.split_last() {
+            Some((_, [])) | None => "the top level".to_owned(),
+            Some((_, parent)) => format!("[{}]", spans.name(parent)),
+        };
+        let known = known.join(", ");
+        match spans::suggest(given, &spans::backticked(expected.unwrap_or_default())) {
+            Some(near) => {
+                format!("unknown field `{given}`, did you mean `{near}`? ({table} takes {known})")
+            }
+            None => format!(
+                "unknown field `{given}`: remove it or use one of {known} ({table}); \
+                 see docs/config.md"
+            ),
+        }
+    } else if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let given = rest.split('`').next().unwrap_or_default();
+        match spans::suggest(given, &known) {
+            Some(near) => format!(
+                "unknown value {given:?}, did you mean \"{near}\"? (one of {})",
+                known.join(", ")
+            ),
+            None => format!("unknown value {given:?}: use one of {}", known.join(", ")),
+        }
+    } else if let Some(rest) = message.strip_prefix("missing field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        segs.push(spans::Seg::from(key));
+        if segs.len() == 1 {
+            format!("missing: add a [{key}] section (see docs/config.md)")
+        } else {
+            format!("missing: add `{key} = ...` (see docs/config.md)")
+        }
+    } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        let want = expected.unwrap_or_default();
+        let how = if want.starts_with('u') || want.starts_with('i') {
+            "write a whole number, without quotes"
+        } else if want.starts_with("a bool") {
+            "write true or false, without quotes"
+        } else if want.contains("string") || want.contains("path") {
+            "write it in double quotes"
+        } else if want.contains("sequence") {
+            "write a list in brackets, [\"a\", \"b\"]"
+        } else {
+            "see docs/config.md for its type"
+        };
+        format!("{message}: {how}")
+    } else {
+        // A TOML syntax error: the field is the key on that line, if any.
+        segs = spans.path_at(&(span.start..span.start));
+        let source = text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .unwrap_or("")
+            .trim();
+        format!("not valid TOML ({message}) in `{source}`: check quotes, brackets and `=`")
+    };
+    ConfigError::Field {
+        path: path.to_owned(),
+        line,
+        field: spans.name(&segs),
+        message,
+    }
+}
+
+/// `text` with the key at `span` and its value blanked out (spaces, so
+/// every other span and line stays where it was); `None` when the key
+/// cannot be cut out cleanly.
+fn without_key(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |i| span.start + i);
+    let line = &text[line_start..line_end];
+    // Only a `key = value` line alone: the value of a multi-line string or
+    // array would be left behind.
+    let value = line.split_once('=')?.1.trim();
+    let balanced = value.matches('[').count() == value.matches(']').count()
+        && value.matches('{').count() == value.matches('}').count()
+        && !value.starts_with("\"\"\"")
+        && !value.starts_with("\'\'\'");
+    if !balanced || text[line_start..span.start].trim() != "" {
+        return None;
+    }
+    let mut fixed = text.to_owned();
+    fixed.replace_range(line_start..line_end, &" ".repeat(line.len()));
+    Some(fixed)
 }
 
 /// Whether `s` can be one segment of a kouan topic (node ids, host ids).

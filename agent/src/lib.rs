@@ -29,6 +29,7 @@
 //! ```
 
 pub mod astm;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod hl7;
