@@ -159,8 +159,10 @@ async fn until(deadline: Option<Instant>) {
 async fn store(instrument: &Instrument, setup: &Setup, text: &[u8]) -> bool {
     let time = CaptureTime::now();
     let results = Message::parse(text, setup.encoding).readings();
+    // Analyzers in bidirectional mode ask before every sample: debug,
+    // or the journal fills with it.
     if results.queries > 0 {
-        tracing::info!(
+        tracing::debug!(
             instrument = %instrument.id(),
             queries = results.queries,
             "the analyzer asked for orders; kouan sends none"
