@@ -27,6 +27,11 @@ fuzz_target!(|data: &[u8]| {
     for reading in &results.readings {
         assert_eq!(reading.values.len(), 1);
         assert!(reading.raw.len() <= text.len());
-        assert!(reading.raw.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'R')));
+        assert!(
+            reading
+                .raw
+                .first()
+                .is_some_and(|b| b.eq_ignore_ascii_case(&b'R'))
+        );
     }
 });

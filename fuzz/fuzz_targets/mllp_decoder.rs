@@ -43,7 +43,13 @@ fuzz_target!(|data: &[u8]| {
 
         // The reply always parses back; in UTF-8, which can write back
         // whatever it decoded, it names the same control id.
-        let reply = ack(message.as_ref(), AckCode::Error, Some("fuzz"), "20261203101500", encoding);
+        let reply = ack(
+            message.as_ref(),
+            AckCode::Error,
+            Some("fuzz"),
+            "20261203101500",
+            encoding,
+        );
         let parsed = Message::parse(&reply, encoding).expect("an ACK parses");
         assert_eq!(parsed.message_type().0, "ACK");
         if let (Some(message), true) = (&message, utf8) {
