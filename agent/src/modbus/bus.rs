@@ -420,10 +420,13 @@ impl<P: AsyncRead + AsyncWrite + Unpin> Link<'_, P> {
 
     /// Reads and drops what arrived while no request was waiting.
     async fn discard_stale(&mut self) -> Result<(), Ended> {
+        // Stale bytes are only counted, so any size does; one ADU matches
+        // the reads of a transaction.
         let mut buf = [0u8; MAX_ADU];
         let mut stale = 0;
-        // A zero timeout polls the read once: bytes already there are
-        // taken, an empty port ends the loop.
+        // A zero timeout polls the read once: bytes the reactor has seen
+        // are taken, an empty port ends the loop. Bytes it has not seen yet
+        // reach the next answer's decoder, which skips and counts them.
         while let Ok(read) = tokio::time::timeout(Duration::ZERO, self.port.read(&mut buf)).await {
             match read {
                 Ok(0) => return Err(Ended::Lost(std::io::Error::other("end of file"))),

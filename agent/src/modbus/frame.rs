@@ -247,6 +247,7 @@ impl Request {
     pub fn encode(&self, unit: u8) -> Result<Vec<u8>, RequestError> {
         self.check(unit)?;
 
+        // The largest request: FC 16 with 123 registers, 9 + 246 bytes.
         let mut adu = Vec::with_capacity(9 + 2 * MAX_WRITE_REGISTERS as usize);
         adu.push(unit);
         adu.push(self.function().code());
@@ -443,9 +444,9 @@ pub enum Decoded {
 
 /// Frames the answer to one request out of the bytes that arrive.
 ///
-/// The buffer holds at most [`MAX_ADU`] bytes beyond what has been
-/// examined: a candidate longer than that cannot be valid, so garbage never
-/// grows it.
+/// When [`Decoder::decode`] returns [`Decoded::Pending`] the buffer holds
+/// less than one ADU ([`MAX_ADU`]): bytes are kept only while they can
+/// still become the expected answer, so garbage never grows it.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     unit: u8,
