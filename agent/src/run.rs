@@ -74,7 +74,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             None
         }
     };
-    let instruments = crate::instrument::spawn(&config.instruments, &writer, &shutdown);
+    let instruments =
+        crate::instrument::spawn(&config.instruments, &writer, &config.store.path, &shutdown);
     let simulator = (options.simulate_readings > 0).then(|| {
         let (count, raw) = (options.simulate_readings, options.simulate_raw_bytes);
         tokio::spawn(simulate(writer.clone(), count, raw, shutdown.clone()))

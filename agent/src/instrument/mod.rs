@@ -344,6 +344,9 @@ pub struct Instrument {
     pub trace: Trace,
     /// Becomes true when the agent stops.
     pub shutdown: watch::Receiver<bool>,
+    /// The record store's file: drivers keep small state files beside it
+    /// (the node driver's watermarks).
+    pub store_path: PathBuf,
 }
 
 impl Instrument {
@@ -489,6 +492,7 @@ impl ErrorLog {
 pub fn spawn(
     instruments: &[InstrumentConfig],
     writer: &Writer,
+    store_path: &std::path::Path,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<(Arc<Counters>, tokio::task::JoinHandle<()>)> {
     let trace = Trace::default();
@@ -501,6 +505,7 @@ pub fn spawn(
                 counters: Arc::default(),
                 trace: trace.clone(),
                 shutdown: shutdown.clone(),
+                store_path: store_path.to_owned(),
             };
             let counters = instrument.counters.clone();
             let task = tokio::spawn(async move {

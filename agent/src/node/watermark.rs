@@ -1,0 +1,223 @@
+//! The node watermarks on disk, and their recovery from the store.
+//!
+//! Each `node` instrument keeps one small TOML file beside the store,
+//! `<store>.node-<instrument>.toml`, with the [`Mark`] of every node met on
+//! its port. It is replaced atomically (write a temporary file, fsync it,
+//! rename it over the old one, fsync the directory) after the records it
+//! covers are durable and before the node hears the ack, so an ack never
+//! runs ahead of the file.
+//!
+//! The file may run behind the store: if the agent dies after a record is
+//! durable and before the file is replaced, the store holds a sample the
+//! file does not. [`recover`] closes that window at start-up by reading
+//! the records after the file's last one from the store and moving each
+//! mark past the samples they hold, so the retransmission that follows is
+//! recognised as a duplicate.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::NodeFields;
+use super::link::{Mark, Marks};
+use crate::record::{self, Kind};
+use crate::store::Store;
+
+/// Records read from the store per query during [`recover`].
+const PAGE: usize = 1000;
+
+/// Why the watermarks could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WatermarkError {
+    /// Reading or writing the file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a watermark file.
+    #[error("{path} is not a node watermark file: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// Reading the store failed.
+    #[error("reading the store for node records: {0}")]
+    Store(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    nodes: Marks,
+}
+
+const VERSION: u32 = 1;
+
+/// The watermark file of `instrument` beside the store at `store`.
+pub fn path(store: &Path, instrument: &str) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".node-{instrument}.toml"));
+    store.with_file_name(name)
+}
+
+/// Reads the watermarks; `None` when there is no file yet.
+pub fn load(path: &Path) -> Result<Option<Marks>, WatermarkError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(WatermarkError::Io {
+                action: "reading",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let parse = |message: String| WatermarkError::Parse {
+        path: path.to_owned(),
+        message,
+    };
+    let file: File = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+    if file.version != VERSION {
+        return Err(parse(format!("version {} is not {VERSION}", file.version)));
+    }
+    Ok(Some(file.nodes))
+}
+
+/// Replaces the file with `marks`, durably and atomically.
+pub fn save(path: &Path, marks: &Marks) -> Result<(), WatermarkError> {
+    let io = |action: &'static str| {
+        move |source| WatermarkError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let file = File {
+        version: VERSION,
+        nodes: marks.clone(),
+    };
+    let text = toml::to_string(&file).map_err(|e| WatermarkError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+
+    let mut temporary = path.as_os_str().to_os_string();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut out = std::fs::File::create(&temporary).map_err(io("creating a temporary file for"))?;
+    out.write_all(text.as_bytes()).map_err(io("writing"))?;
+    out.sync_all().map_err(io("syncing"))?;
+    drop(out);
+    std::fs::rename(&temporary, path).map_err(io("replacing"))?;
+    crate::keys::sync_parent_dir(path).map_err(io("syncing the directory of"))?;
+    Ok(())
+}
+
+/// Moves `marks` past the node records of `instrument` in the store that
+/// are newer than the marks (all of them when `marks` came from no file).
+/// Returns how many such records it found.
+pub fn recover(
+    store: &Path,
+    instrument: &str,
+    marks: &mut Marks,
+    from_file: bool,
+) -> Result<u64, WatermarkError> {
+    if !store.exists() {
+        return Ok(0);
+    }
+    let store = Store::open_read_only(store).map_err(|e| WatermarkError::Store(e.to_string()))?;
+    // Every node's mark names its last record; the oldest of them is
+    // where records the file may not cover can start.
+    let mut from = if from_file {
+        marks.values().map(|m| m.record + 1).min().unwrap_or(0)
+    } else {
+        0
+    };
+    let mut found = 0;
+    loop {
+        let page = store
+            .read_from(from, PAGE)
+            .map_err(|e| WatermarkError::Store(e.to_string()))?;
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        for stored in page {
+            if stored.instrument != instrument || stored.kind != Kind::Reading.as_str() {
+                continue;
+            }
+            let Some(fields) = node_fields(&stored.bytes) else {
+                continue;
+            };
+            let mark = marks.entry(fields.id.clone()).or_default();
+            if stored.seq <= mark.record {
+                continue;
+            }
+            if mark.boot != fields.boot {
+                *mark = Mark {
+                    boot: fields.boot,
+                    ..Mark::default()
+                };
+            }
+            mark.through = mark.through.max(fields.seq.unwrap_or(0));
+            mark.dropped = mark.dropped.max(fields.dropped_total.unwrap_or(0));
+            mark.record = stored.seq;
+            found += 1;
+        }
+    }
+    Ok(found)
+}
+
+/// The `node` fields of a stored record's body, if it has them.
+fn node_fields(bytes: &[u8]) -> Option<NodeFields> {
+    let (_, payload) = record::parse_unverified(bytes).ok()?;
+    NodeFields::from_body(&payload.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_sits_beside_the_store() {
+        let path = path(Path::new("state/kouan.db"), "wh3");
+        assert_eq!(path, Path::new("state/kouan.db.node-wh3.toml"));
+    }
+
+    #[test]
+    fn marks_survive_a_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(&dir.path().join("kouan.db"), "wh3");
+        assert_eq!(load(&path).unwrap(), None);
+
+        let mut marks = Marks::new();
+        marks.insert(
+            "n1".into(),
+            Mark {
+                boot: 7,
+                through: 42,
+                dropped: 3,
+                record: 99,
+            },
+        );
+        save(&path, &marks).unwrap();
+        save(&path, &marks).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(marks));
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "{").unwrap();
+        let error = load(&path).unwrap_err().to_string();
+        assert!(error.contains("w.toml"), "{error}");
+    }
+}

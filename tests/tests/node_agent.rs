@@ -1,0 +1,443 @@
+//! The agent's `node` driver end to end: the lm3s6965evb image under
+//! qemu-system-arm, its UART on a pty, and the real `kouan` binary reading
+//! it as `driver = "node"`, storing signed records.
+//!
+//! The alarm test runs the driver in this process instead of the binary:
+//! nothing in the agent raises an alarm on its own yet, so the test calls
+//! the driver's command entry point ([`kouan_agent::node::handle`]) that
+//! rapid response will call.
+//!
+//! Waits have generous deadlines that only keep a broken node or agent from
+//! hanging the run; no assertion depends on how fast anything happens.
+
+// A panic is how a test fails; helpers here unwrap like the tests do.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kouan_agent::node::NodeFields;
+use kouan_agent::record::{Kind, MeasuredValue, Payload};
+use kouan_firmware::station::{ALARM, COUNT_RATE, DOSE_RATE, GAS, HUMIDITY, TEMPERATURE};
+use kouan_protocol::{AgentMsg, Command, Decoder, NodeMsg, Outcome, frame};
+use kouan_tests::agent::{Agent, reading};
+use kouan_tests::qemu::Node;
+
+/// Longest wait for one expected state: far beyond the node's 60 s status
+/// period and the agent's reconnect backoff.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The image's sample buffer (firmware/boards/lm3s6965evb/src/main.rs).
+const CAPACITY: u32 = 128;
+
+const INSTRUMENT: &str = "climate";
+
+/// An emulated node with an agent reading it.
+struct Setup {
+    // Declared first, so the agent closes the pty before QEMU goes.
+    agent: Agent,
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Starts the node halted, the agent on its pty, and lets the node run
+    /// once the agent has the port open.
+    fn start() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Node::start(dir.path());
+        let agent = Agent::start(dir.path(), &instrument_toml(node.pty()));
+        agent.wait_for_log("instrument attached", 1, WAIT);
+        node.resume();
+        Setup {
+            agent,
+            node,
+            _dir: dir,
+        }
+    }
+
+    /// The node's samples and drop records in the store, in chain order.
+    fn node_records(&self) -> Vec<(Payload, NodeFields)> {
+        node_records(self.agent.records())
+    }
+
+    /// Waits until `done` holds for the node records.
+    fn wait_until(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&[(Payload, NodeFields)]) -> bool,
+    ) -> Vec<(Payload, NodeFields)> {
+        let start = Instant::now();
+        loop {
+            let records = self.node_records();
+            if done(&records) {
+                return records;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{what}: not within {WAIT:?}; {} node records; the log:\n{}",
+                records.len(),
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until samples 1 to `through` of `boot` are stored.
+    fn wait_for_samples(&self, boot: u32, through: u32) -> Vec<(Payload, NodeFields)> {
+        self.wait_until(&format!("samples 1 to {through}"), |records| {
+            stored_through(records, boot) >= through
+        })
+    }
+}
+
+fn instrument_toml(pty: &Path) -> String {
+    format!(
+        "[[instrument]]\nid = \"{INSTRUMENT}\"\ndriver = \"node\"\nport = \"{}\"\n\
+         hazard = \"environmental\"\n\n[instrument.serial]\nbaud = 115200\n\n\
+         [instrument.node]\nnode_id = \"qemu-node\"\n",
+        pty.display()
+    )
+}
+
+/// The node fields of the node's reading records.
+fn node_records(records: Vec<Payload>) -> Vec<(Payload, NodeFields)> {
+    records
+        .into_iter()
+        .filter(|p| p.kind == Kind::Reading && p.instrument == INSTRUMENT)
+        .map(|p| {
+            let node = NodeFields::from_body(&p.body).expect("a node record has node fields");
+            (p, node)
+        })
+        .collect()
+}
+
+/// How often each sample number of `boot` is stored.
+fn sample_counts(records: &[(Payload, NodeFields)], boot: u32) -> BTreeMap<u32, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, node) in records {
+        if let (Some(seq), true) = (node.seq, node.boot == boot) {
+            *counts.entry(seq).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The highest n such that samples 1 to n of `boot` are stored.
+fn stored_through(records: &[(Payload, NodeFields)], boot: u32) -> u32 {
+    let counts = sample_counts(records, boot);
+    let mut through = 0;
+    while counts.contains_key(&(through + 1)) {
+        through += 1;
+    }
+    through
+}
+
+/// Asserts that samples 1 to the highest stored are each stored once.
+fn assert_each_once(records: &[(Payload, NodeFields)], boot: u32) {
+    let counts = sample_counts(records, boot);
+    let highest = counts.keys().last().copied().unwrap_or(0);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let missing: Vec<u32> = (1..=highest).filter(|s| !counts.contains_key(s)).collect();
+    assert!(missing.is_empty(), "missing samples: {missing:?}");
+}
+
+fn number(payload: &Payload) -> (String, f64, Option<String>) {
+    let body = reading(payload);
+    let value = &body.values[0];
+    let MeasuredValue::Number(n) = value.value else {
+        panic!("a node value is a number: {value:?}");
+    };
+    (value.name.clone(), n, value.unit.clone())
+}
+
+#[test]
+fn samples_are_stored_as_signed_readings_numbered_from_one() {
+    let setup = Setup::start();
+    let boot = setup.node.first_boot();
+
+    let records = setup.wait_for_samples(boot, 12);
+
+    // records() verified every signature; the samples come in order, the
+    // alarm output's state at boot first.
+    let samples: Vec<_> = records.iter().filter(|(_, n)| n.seq.is_some()).collect();
+    let seqs: Vec<u32> = samples.iter().filter_map(|(_, n)| n.seq).collect();
+    assert_eq!(seqs[..12], (1..=12).collect::<Vec<_>>());
+    let (first, fields) = samples[0];
+    assert_eq!(fields.sensor, Some(ALARM));
+    assert_eq!(number(first), ("alarm_output".into(), 0.0, None));
+    for (payload, fields) in &samples {
+        assert_eq!((fields.id.as_str(), fields.boot), ("qemu-node", boot));
+        let body = reading(payload);
+        assert_eq!(body.hazard.as_deref(), Some("environmental"));
+        // The raw bytes are the sample's frame as the node sent it.
+        let mut decoder = Decoder::<NodeMsg>::new();
+        let Some(Ok(NodeMsg::Sample(sample))) = decoder.feed(&body.raw).next() else {
+            panic!("raw is a sample frame: {:?}", body.raw);
+        };
+        assert_eq!(Some(sample.seq), fields.seq);
+        assert_eq!(Some(sample.time.ms), fields.node_ms);
+    }
+    let temperatures: Vec<_> = samples
+        .iter()
+        .filter(|(_, n)| n.sensor == Some(TEMPERATURE))
+        .map(|(p, _)| number(p))
+        .collect();
+    assert!(!temperatures.is_empty());
+    for (name, value, unit) in temperatures {
+        assert_eq!(
+            (name.as_str(), unit.as_deref()),
+            ("temperature", Some("°C"))
+        );
+        assert!((-40.0..=125.0).contains(&value), "{value}");
+    }
+    assert!(setup.agent.log_count("node said hello") >= 1);
+}
+
+#[test]
+fn agent_killed_mid_stream_stores_every_sample_exactly_once() {
+    let mut setup = Setup::start();
+    let boot = setup.node.first_boot();
+
+    // Three SIGKILLs while samples stream in, each once more have arrived.
+    let mut target = 8;
+    for _ in 0..3 {
+        setup.wait_for_samples(boot, target);
+        setup.agent.kill();
+        setup.agent.restart();
+        target += 12;
+    }
+    let records = setup.wait_for_samples(boot, target);
+
+    assert_each_once(&records, boot);
+    assert!(setup.agent.log_count("node said hello") >= 4);
+}
+
+/// The test as the node's peer while the agent is down: reads what the
+/// node sends, acknowledges nothing beyond what the agent stored.
+struct Listener {
+    port: serialport::TTYPort,
+    decoder: Decoder<NodeMsg>,
+}
+
+impl Listener {
+    fn open(pty: &Path) -> Listener {
+        let port = serialport::new(pty.to_string_lossy(), 115_200)
+            .timeout(Duration::from_millis(50))
+            .open_native()
+            .unwrap_or_else(|e| panic!("open {}: {e}", pty.display()));
+        Listener {
+            port,
+            decoder: Decoder::new(),
+        }
+    }
+
+    fn send(&mut self, msg: &AgentMsg) {
+        self.port.write_all(&frame::encode(msg).unwrap()).unwrap();
+        self.port.flush().unwrap();
+    }
+
+    /// Reads until `f` returns something for a message; corrupt frames
+    /// (one cut when the agent let go of the port) are skipped.
+    fn until<T>(&mut self, mut f: impl FnMut(NodeMsg) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 256];
+        loop {
+            assert!(Instant::now() < deadline, "the node fell silent");
+            match self.port.read(&mut buf) {
+                Ok(n) => {
+                    let messages: Vec<NodeMsg> = self
+                        .decoder
+                        .feed(&buf[..n])
+                        .filter_map(Result::ok)
+                        .collect();
+                    for msg in messages {
+                        if let Some(found) = f(msg) {
+                            return found;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::TimedOut => {}
+                Err(e) => panic!("reading the node's pty: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
+    let mut setup = Setup::start();
+    let boot = setup.node.first_boot();
+    setup.wait_for_samples(boot, 5);
+
+    // The agent goes away. Its last ack may lag what it stored; acking
+    // what is stored (and no more) pins where the node's buffer starts.
+    setup.agent.kill();
+    let stored = stored_through(&setup.node_records(), boot);
+    let mut link = Listener::open(setup.node.pty());
+    link.send(&AgentMsg::Ack {
+        boot,
+        through: stored,
+    });
+    // Every sensor at its fastest, so the buffer fills in seconds.
+    for (id, sensor) in [TEMPERATURE, HUMIDITY, GAS, DOSE_RATE, COUNT_RATE]
+        .into_iter()
+        .enumerate()
+    {
+        link.send(&AgentMsg::Command {
+            id: 100 + id as u16,
+            command: Command::SetInterval {
+                sensor,
+                interval_ms: 100,
+            },
+        });
+    }
+
+    // The buffer holds stored+1 to stored+128; then the node drops.
+    let last_kept = stored + CAPACITY;
+    let (mut dropping, mut seen_last) = (false, false);
+    link.until(|msg| {
+        match msg {
+            NodeMsg::Status(status) if status.dropped > 0 => dropping = true,
+            NodeMsg::Sample(sample) => {
+                assert!(sample.seq <= last_kept, "{sample:?} beyond the buffer");
+                seen_last |= sample.seq == last_kept;
+            }
+            _ => {}
+        }
+        (dropping && seen_last).then_some(())
+    });
+    drop(link);
+
+    // The agent is back: it stores what the node kept, the drops, and
+    // what follows the gap.
+    setup.agent.restart();
+    let records = setup.wait_for_samples(boot, last_kept + 20);
+
+    // At the fastest rates the node fills its buffer again faster than
+    // go-back-N empties it, so the first gap may be followed by more: each
+    // is one record, counted from the previous one.
+    let drops: Vec<&NodeFields> = records
+        .iter()
+        .filter(|(_, n)| n.dropped.is_some())
+        .map(|(_, n)| n)
+        .collect();
+    assert!(!drops.is_empty(), "a drop record");
+    assert_eq!(drops[0].before, Some(last_kept + 1), "{drops:?}");
+    let mut total = 0;
+    let mut before = 0;
+    for gap in &drops {
+        assert_eq!(gap.boot, boot);
+        let (dropped, gap_total) = (gap.dropped.unwrap(), gap.dropped_total.unwrap());
+        assert!(dropped >= 1, "{gap:?}");
+        assert_eq!(gap_total, total + dropped, "{drops:?}");
+        assert!(gap.before > Some(before), "{drops:?}");
+        (total, before) = (gap_total, gap.before.unwrap());
+    }
+    let (payload, first) = records.iter().find(|(_, n)| n.dropped.is_some()).unwrap();
+    let (name, value, unit) = number(payload);
+    assert_eq!(
+        (name.as_str(), value, unit.as_deref()),
+        (
+            "dropped_samples",
+            f64::from(first.dropped.unwrap()),
+            Some("samples")
+        )
+    );
+    // Dropped samples were never numbered: the numbers have no hole.
+    assert_each_once(&records, boot);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alarm_command_reaches_the_node_which_reports_the_output_state() {
+    use kouan_agent::instrument::{Counters, Instrument, Trace};
+    use kouan_agent::keys::{self, Algorithm, SigningKey};
+    use kouan_agent::store::Store;
+    use kouan_agent::writer::{Writer, WriterConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let id = "alarm-node";
+
+    // The agent's parts the driver uses: a store, its writer, the config.
+    let store_path = dir.path().join("kouan.db");
+    let key = SigningKey::from_pkcs8(&keys::generate(Algorithm::Ed25519).unwrap()).unwrap();
+    let public = key.public_key().clone();
+    let (store, opened) = Store::open_or_recover(&store_path, &[]).unwrap();
+    let config = WriterConfig::new("gy-air-01", "guiyang-airport");
+    let (writer, writer_thread) = Writer::start(store, &opened, key, config).unwrap();
+    let text = format!(
+        "[agent]\nnode = \"gy-air-01\"\nsite = \"guiyang-airport\"\n\
+         [keys]\nsigning = \"k\"\n[store]\npath = \"kouan.db\"\n\n{}",
+        instrument_toml(node.pty()).replace(INSTRUMENT, id)
+    );
+    let config = kouan_agent::config::Config::parse(&text, &dir.path().join("kouan.toml")).unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let instrument = Instrument {
+        config: Arc::new(config.instruments[0].clone()),
+        writer: writer.clone(),
+        counters: Arc::new(Counters::default()),
+        trace: Trace::default(),
+        shutdown,
+        store_path: store_path.clone(),
+    };
+    let driver = tokio::spawn(async move { kouan_agent::node::run(&instrument).await });
+
+    // The driver registers at start and says so once the port is open.
+    let handle = wait(|| kouan_agent::node::handle(id)).await;
+    wait(|| handle.status().attached.then_some(())).await;
+    node.resume();
+    wait(|| handle.status().firmware).await;
+
+    assert_eq!(handle.alarm(Some(2)).await.unwrap(), Outcome::Done);
+    wait(|| (handle.status().alarm == Some(2)).then_some(())).await;
+    assert!(matches!(
+        handle.alarm(Some(9)).await,
+        Err(kouan_agent::node::CommandError::Level(9))
+    ));
+    assert_eq!(handle.alarm(None).await.unwrap(), Outcome::Done);
+    wait(|| (handle.status().alarm == Some(0)).then_some(())).await;
+    let status = handle.status();
+    assert_eq!(status.node.as_deref(), Some("qemu-node"));
+    assert_eq!(status.boot, Some(node.first_boot()));
+
+    stop.send_replace(true);
+    driver.await.unwrap();
+    assert!(kouan_agent::node::handle(id).is_none());
+    drop(writer);
+    writer_thread.join().unwrap();
+
+    // The node's reports of its output are signed readings: off at boot,
+    // on at level 2, off again.
+    let store = Store::open_read_only(&store_path).unwrap();
+    let mut alarm = Vec::new();
+    for stored in store.read_from(0, 10_000).unwrap() {
+        let verified =
+            kouan_agent::record::verify(&stored.bytes, std::slice::from_ref(&public)).unwrap();
+        let payload = verified.payload;
+        if payload.kind != Kind::Reading {
+            continue;
+        }
+        let (name, value, _) = number(&payload);
+        if name == "alarm_output" {
+            alarm.push(value);
+        }
+    }
+    assert_eq!(alarm, [0.0, 2.0, 0.0]);
+}
+
+/// Polls `f` until it gives something.
+async fn wait<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = f() {
+            return found;
+        }
+        assert!(start.elapsed() < WAIT, "not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
