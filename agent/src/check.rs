@@ -21,6 +21,48 @@ use crate::config::spans::{Seg, Spans};
 use crate::config::{Config, ConfigError};
 use crate::keys::{self, KeyError, PublicKey, SigningKey};
 
+/// `kouan check`: validate a configuration without starting anything.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration file.
+    #[arg(value_name = "CONFIG", default_value = "/etc/kouan/kouan.toml")]
+    pub config: PathBuf,
+}
+
+/// Runs `kouan check`: prints every problem, each with the line it is
+/// about, and returns whether there were none.
+pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
+    let report = check(&args.config);
+    let text = fs::read_to_string(&args.config).unwrap_or_default();
+    for problem in &report.problems {
+        println!("error: {problem}");
+        if let ConfigError::Field { line, .. } = problem
+            && let Some(source) = text.lines().nth(line.saturating_sub(1))
+            && !source.trim().is_empty()
+        {
+            println!("  {line:>4} | {source}");
+        }
+    }
+    match (&report.config, report.problems.len()) {
+        (Some(config), 0) => {
+            println!(
+                "ok: {}: node {}, site {}, {} instruments; keys, devices and the store \
+                 directory checked",
+                args.config.display(),
+                config.agent.node,
+                config.agent.site,
+                config.instruments.len()
+            );
+            Ok(true)
+        }
+        (_, count) => {
+            let s = if count == 1 { "" } else { "s" };
+            println!("{count} problem{s} in {}", args.config.display());
+            Ok(false)
+        }
+    }
+}
+
 /// The outcome of a check: the config when it parsed, and every problem.
 #[derive(Debug)]
 pub struct Report {

@@ -38,6 +38,8 @@ pub mod keys;
 pub mod modbus;
 pub mod node;
 pub mod platform;
+pub mod ports;
+pub mod probe;
 pub mod receive;
 pub mod record;
 pub mod run;
