@@ -1228,10 +1228,12 @@ mod tests {
 
     fn record() -> impl Strategy<Value = Vec<u8>> {
         // Printable text never holds a control byte or a CR, so the only
-        // record start with `L|` is the terminator's.
+        // record start with `L|` is the terminator's. Bytes from 0x81 up
+        // are what GBK and GB18030 text puts on the wire (lead and trail
+        // bytes), checksummed as they are.
         (
             prop::sample::select(&b"POCRMQ"[..]),
-            prop::collection::vec(0x20u8..0x7f, 0..400),
+            prop::collection::vec(prop_oneof![3 => 0x20u8..0x7f, 1 => 0x81u8..=0xfe], 0..400),
         )
             .prop_map(|(kind, body)| {
                 let mut record = vec![kind, b'|'];
