@@ -10,7 +10,8 @@
 //! The scripts are in `tests/python/`. A missing Python package fails the
 //! test with the install command.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -239,4 +240,56 @@ fn python_hl7_mllp_client_gets_aa_and_results_are_stored() {
     assert_eq!(qc.values[0].flags, ["N", "status:F", "qc"]);
     assert_eq!(qc.sample.as_deref(), Some("QC-L1"));
     agent.wait_for_log("already stored", 1, WAIT);
+}
+
+/// A store that refuses: the analyzer hears `AE` with the reason, and the
+/// same message sent again (once there is room it would be stored) is
+/// refused again, never acknowledged `AA` while not durable.
+#[test]
+fn hl7_result_the_store_refuses_gets_ae() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agent = Agent::start_with_store(
+        dir.path(),
+        "max_bytes = 1\nfull_policy = \"backpressure\"",
+        &format!(
+            "[[instrument]]\nid = \"bs-full\"\ndriver = \"hl7\"\n\
+             listen = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    agent.wait_for_log("listening for the instrument", 1, WAIT);
+
+    let message = b"\x0bMSH|^~\\&|BS-480|Lab1|||20261203101500||ORU^R01|77|P|2.3.1\r\
+        OBR|1|BC-1|1\rOBX|1|NM|GLU||5.6|mmol/L||N|||F\r\x1c\r";
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the agent listens");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    for _ in 0..2 {
+        stream.write_all(message).unwrap();
+        let reply = read_block(&mut stream);
+        assert!(
+            reply.contains("\rMSA|AE|77|not stored, send again later: store is full"),
+            "{reply:?}"
+        );
+    }
+    let readings = agent
+        .records()
+        .into_iter()
+        .filter(|p| p.kind == Kind::Reading)
+        .count();
+    assert_eq!(readings, 0);
+}
+
+/// One MLLP block from `stream`, without its framing bytes.
+fn read_block(stream: &mut TcpStream) -> String {
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\x1c\r") {
+        stream
+            .read_exact(&mut byte)
+            .expect("a reply before the timeout");
+        reply.push(byte[0]);
+    }
+    String::from_utf8_lossy(reply.trim_ascii_end())
+        .trim_matches(['\x0b', '\x1c'])
+        .to_owned()
 }
