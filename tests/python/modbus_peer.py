@@ -16,7 +16,8 @@ Tables are "coil", "discrete", "holding" and "input"; types "bool", "u16",
 Values are encoded here with Python's struct module, independently of the
 agent's decoder. Addresses are 0-based protocol addresses; addresses that
 are not listed answer with exception 02 (illegal data address). Slave
-addresses that are not listed never answer.
+addresses that are not listed never answer. Writes to address 0 are
+broadcasts: every slave acts on them, none answers.
 
 Prints "ready" on stdout once the port is open. Exits with status 3 and
 the install command if pymodbus is missing.
@@ -106,7 +107,7 @@ async def main():
         # handled, as on a real bus: pymodbus would answer it with an
         # exception for a list of SimDevices (ignore_missing_devices covers
         # only the older datastore contexts).
-        if not sending and pdu.dev_id not in present:
+        if not sending and pdu.dev_id not in present and pdu.dev_id != 0:
             return None
         return pdu
 
@@ -115,6 +116,7 @@ async def main():
         port=port,
         baudrate=19200,
         ignore_missing_devices=True,
+        broadcast_enable=True,
         trace_connect=connected,
         trace_pdu=heard,
     )

@@ -506,3 +506,69 @@ profile = "gamma-dose-rate"
         "{log}"
     );
 }
+
+#[test]
+fn configuration_writes_reach_the_devices_single_multiple_and_broadcast() {
+    // Slave 1 gets FC 06, slave 2 FC 16, both a broadcast FC 06; each
+    // point reads back what was written (the peer starts with zeros).
+    let spec = r#"{"devices": [
+        {"address": 1, "values": [
+            {"table": "holding", "address": 20, "type": "u16", "value": 0},
+            {"table": "holding", "address": 30, "type": "u16", "value": 0}]},
+        {"address": 2, "values": [
+            {"table": "holding", "address": 20, "type": "u16", "value": 0},
+            {"table": "holding", "address": 21, "type": "u16", "value": 0},
+            {"table": "holding", "address": 30, "type": "u16", "value": 0}]}]}"#;
+    let modbus = r#"[instrument.modbus]
+response_timeout_ms = 1000
+poll_ms = 200
+turnaround_ms = 50
+[[instrument.modbus.device]]
+name = "all"
+address = 0
+[[instrument.modbus.device.write]]
+register = 30
+values = [77]
+[[instrument.modbus.device]]
+name = "one"
+address = 1
+[[instrument.modbus.device.write]]
+register = 20
+values = [1234]
+[[instrument.modbus.device.point]]
+name = "set"
+register = 20
+[[instrument.modbus.device.point]]
+name = "broadcast"
+register = 30
+[[instrument.modbus.device]]
+name = "two"
+address = 2
+[[instrument.modbus.device.write]]
+register = 20
+values = [5, 6]
+[[instrument.modbus.device.point]]
+name = "set"
+register = 20
+type = "u32"
+[[instrument.modbus.device.point]]
+name = "broadcast"
+register = 30
+"#;
+    let mut bus = Bus::start(spec, modbus);
+
+    let one = values(&bus.wait_for_readings_of("one", 1)[0], "one");
+    let two = values(&bus.wait_for_readings_of("two", 1)[0], "two");
+    bus.agent.stop();
+
+    assert_eq!(number(&one["set"]), 1234.0);
+    assert_eq!(number(&one["broadcast"]), 77.0);
+    assert_eq!(number(&two["set"]), f64::from(5u32 << 16 | 6));
+    assert_eq!(number(&two["broadcast"]), 77.0);
+    assert_eq!(
+        bus.agent.log_count("modbus configuration written"),
+        3,
+        "{}",
+        bus.agent.log()
+    );
+}
