@@ -93,12 +93,7 @@ impl AstmOptions {
 
     /// The code page and the link settings these options say.
     pub fn compile(&self) -> Result<(&'static encoding_rs::Encoding, LinkConfig), String> {
-        let encoding = encoding_rs::Encoding::for_label(self.encoding.as_bytes()).ok_or_else(|| {
-            format!(
-                "encoding = {:?} is not a known code page (try \"utf-8\", \"gbk\", \"gb18030\")",
-                self.encoding
-            )
-        })?;
+        let encoding = code_page(&self.encoding)?;
         if !(1..=3600).contains(&self.receive_timeout_secs) {
             return Err(format!(
                 "receive_timeout_secs = {} must be 1 to 3600",
@@ -129,6 +124,16 @@ impl AstmOptions {
         };
         Ok((encoding, link))
     }
+}
+
+/// The code page a WHATWG label names (`utf-8`, `gbk`, `gb18030`, ...),
+/// for the `encoding` key of analyzers, ASTM and HL7 alike.
+pub fn code_page(label: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+        format!(
+            "encoding = {label:?} is not a known code page (try \"utf-8\", \"gbk\", \"gb18030\")"
+        )
+    })
 }
 
 /// Runs the `astm` driver until the agent stops.

@@ -89,38 +89,49 @@ impl Delimiters {
     /// Replaces the escape sequences of the delimiters by the delimiters;
     /// other sequences (`&Xhh&`, highlighting) stay as they are.
     pub fn unescape(&self, text: &str) -> String {
-        let e = self.escape;
-        if !text.contains(e) {
-            return text.to_owned();
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find(e) {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + e.len_utf8()..];
-            let mut seq = after.chars();
-            let replaced = match (seq.next(), seq.next()) {
-                (Some('F'), Some(end)) if end == e => Some(self.field),
-                (Some('S'), Some(end)) if end == e => Some(self.component),
-                (Some('R'), Some(end)) if end == e => Some(self.repeat),
-                (Some('E'), Some(end)) if end == e => Some(e),
-                _ => None,
-            };
-            match replaced {
-                Some(c) => {
-                    out.push(c);
-                    // The letter (one byte) and the closing escape.
-                    rest = &after[1 + e.len_utf8()..];
-                }
-                None => {
-                    out.push(e);
-                    rest = after;
-                }
+        let letters = [
+            ('F', self.field),
+            ('S', self.component),
+            ('R', self.repeat),
+            ('E', self.escape),
+        ];
+        unescape_sequences(text, self.escape, &letters)
+    }
+}
+
+/// Replaces each sequence `escape`, letter, `escape` by the character
+/// `letters` pairs with the letter; other sequences stay as they are.
+/// E1394 took its escapes from HL7 v2, whose parser uses this too.
+pub fn unescape_sequences(text: &str, escape: char, letters: &[(char, char)]) -> String {
+    if !text.contains(escape) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(escape) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + escape.len_utf8()..];
+        let mut seq = after.chars();
+        let replaced = match (seq.next(), seq.next()) {
+            (Some(letter), Some(end)) if end == escape => letters
+                .iter()
+                .find(|(l, _)| *l == letter)
+                .map(|&(l, c)| (c, l.len_utf8())),
+            _ => None,
+        };
+        match replaced {
+            Some((c, letter_len)) => {
+                out.push(c);
+                rest = &after[letter_len + escape.len_utf8()..];
+            }
+            None => {
+                out.push(escape);
+                rest = after;
             }
         }
-        out.push_str(rest);
-        out
     }
+    out.push_str(rest);
+    out
 }
 
 /// One record: its type letter, its bytes and its fields.

@@ -41,6 +41,7 @@
 
 use encoding_rs::Encoding;
 
+use crate::astm::records::unescape_sequences;
 use crate::record::{MeasuredValue, Measurement, ReadingBody};
 
 /// Why bytes are not an HL7 message.
@@ -73,37 +74,14 @@ impl Separators {
     /// Replaces the escape sequences of the separators; other sequences
     /// (`\X0D\`, `\.br\`) stay as they are.
     pub fn unescape(&self, text: &str) -> String {
-        let e = self.escape;
-        if !text.contains(e) {
-            return text.to_owned();
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find(e) {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + e.len_utf8()..];
-            let mut seq = after.chars();
-            let replaced = match (seq.next(), seq.next()) {
-                (Some('F'), Some(end)) if end == e => Some(self.field),
-                (Some('S'), Some(end)) if end == e => Some(self.component),
-                (Some('T'), Some(end)) if end == e => Some(self.subcomponent),
-                (Some('R'), Some(end)) if end == e => Some(self.repeat),
-                (Some('E'), Some(end)) if end == e => Some(e),
-                _ => None,
-            };
-            match replaced {
-                Some(c) => {
-                    out.push(c);
-                    rest = &after[1 + e.len_utf8()..];
-                }
-                None => {
-                    out.push(e);
-                    rest = after;
-                }
-            }
-        }
-        out.push_str(rest);
-        out
+        let letters = [
+            ('F', self.field),
+            ('S', self.component),
+            ('T', self.subcomponent),
+            ('R', self.repeat),
+            ('E', self.escape),
+        ];
+        unescape_sequences(text, self.escape, &letters)
     }
 
     /// Escapes the separators in `text`, for fields kouan writes.

@@ -72,12 +72,7 @@ impl Hl7Options {
 
     /// The code page `encoding` names.
     pub fn encoding(&self) -> Result<&'static encoding_rs::Encoding, String> {
-        encoding_rs::Encoding::for_label(self.encoding.as_bytes()).ok_or_else(|| {
-            format!(
-                "encoding = {:?} is not a known code page (try \"utf-8\", \"gbk\", \"gb18030\")",
-                self.encoding
-            )
-        })
+        crate::astm::code_page(&self.encoding)
     }
 }
 
