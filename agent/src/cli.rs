@@ -97,6 +97,12 @@ pub enum Command {
     Ports(kouan_agent::ports::PortsArgs),
     /// Listen to a serial port at common settings and say what the device speaks.
     Probe(kouan_agent::probe::ProbeArgs),
+    /// Ask the running agent how it is: uplink, backlog, instruments, alerts.
+    Status(kouan_agent::status::client::StatusArgs),
+    /// Stream records as the running agent stores them (Ctrl-C to stop).
+    Tail(kouan_agent::status::client::TailArgs),
+    /// The whole pipeline on this machine, no hardware, no broker to install.
+    Demo(kouan_agent::demo::DemoArgs),
     /// Tools for tests and benchmarks.
     #[command(hide = true)]
     Debug {
@@ -251,6 +257,9 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         Some(Command::Check(args)) => kouan_agent::check::run(&args),
         Some(Command::Ports(args)) => kouan_agent::ports::run(&args),
         Some(Command::Probe(args)) => kouan_agent::probe::run(&args),
+        Some(Command::Status(args)) => kouan_agent::status::client::status(&args),
+        Some(Command::Tail(args)) => kouan_agent::status::client::tail(&args),
+        Some(Command::Demo(args)) => kouan_agent::demo::run(&args),
         Some(Command::Debug { command }) => crate::debug::run(command).map(|()| true),
     }
 }

@@ -31,6 +31,9 @@ pub struct Config {
     /// The instruments, one `[[instrument]]` section each.
     #[serde(default, rename = "instrument")]
     pub instruments: Vec<InstrumentConfig>,
+    /// The local status socket (`kouan status`, `kouan tail`).
+    #[serde(default)]
+    pub status: crate::status::StatusSection,
 }
 
 /// `[agent]`

@@ -52,6 +52,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let (writer, writer_thread) = Writer::start(store, &opened, key, config.writer())?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let uplink_status = Arc::new(crate::status::UplinkState::default());
     let uplink = match &config.uplink {
         Some(section) => {
             let platform_key = section
@@ -66,6 +67,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 writer: writer.clone(),
                 key: signing,
                 platform_key,
+                status: uplink_status.clone(),
             };
             Some(tokio::spawn(uplink.run(shutdown.clone())))
         }
@@ -80,11 +82,22 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         let (count, raw) = (options.simulate_readings, options.simulate_raw_bytes);
         tokio::spawn(simulate(writer.clone(), count, raw, shutdown.clone()))
     });
+    let counters = instruments.iter().map(|(counters, _)| counters.clone());
+    let status = crate::status::serve(
+        &config,
+        &writer,
+        counters.collect(),
+        uplink_status,
+        shutdown.clone(),
+    );
     tracing::info!(node = %config.agent.node, site = %config.agent.site, "kouan running");
 
     wait_for_signal().await?;
     tracing::info!("stopping");
     shutdown_tx.send_replace(true);
+    if let Some(status) = status {
+        let _ = tokio::time::timeout(Duration::from_secs(2), status).await;
+    }
     for (_, task) in instruments {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

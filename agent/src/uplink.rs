@@ -72,6 +72,8 @@ pub struct Uplink {
     pub key: Arc<SigningKey>,
     /// The platform's key, which acks, commands and host states must verify with.
     pub platform_key: Option<PublicKey>,
+    /// Where the connection state is reported for `kouan status`.
+    pub status: Arc<crate::status::UplinkState>,
 }
 
 /// Why a connection ended.
@@ -167,6 +169,7 @@ impl Uplink {
             match outcome {
                 End::Shutdown => break,
                 End::Lost(error) => {
+                    self.status.disconnected(&error);
                     if was_connected {
                         tracing::warn!(%error, broker = %self.config.host, "uplink disconnected; records stay in the store");
                         was_connected = false;
@@ -259,6 +262,8 @@ impl Uplink {
                             }
                             *backoff = Duration::from_millis(500);
                             *was_connected = true;
+                            let broker = format!("{}:{}", self.config.host, self.config.port);
+                            self.status.connected(broker);
                             tracing::info!(broker = %self.config.host, port = self.config.port, "uplink connected");
                         }
                         Event::Incoming(Packet::PubAck(ack)) => {
