@@ -16,8 +16,10 @@
 //!   acknowledged) become a reading of `dropped_samples`, so the platform
 //!   sees the gap;
 //! - commands reach the node through a [`NodeHandle`], found by
-//!   instrument id with [`handle`]; each is repeated every second, up to
-//!   five times, until the node answers;
+//!   instrument id with [`handle`], and every alarm rapid response raises
+//!   ([`crate::rapid::Rapid::alarms`]) switches the node's alarm output on
+//!   at the alert's risk level; each command is repeated every second, up
+//!   to five times, until the node answers;
 //! - each node's status (firmware, buffer fill, drops, alarm output) is
 //!   kept in a [`NodeStatus`] that [`NodeHandle::status`] reads.
 //!
@@ -49,11 +51,12 @@ use kouan_protocol::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::{self, CaptureTime};
 use crate::instrument::port::Ended;
 use crate::instrument::{ErrorLog, Instrument, InstrumentConfig};
+use crate::rapid::Alarm;
 use crate::record::{self, Kind, MeasuredValue, Measurement, ReadingBody};
 use crate::writer::{AppendError, Entry};
 use link::{Drops, HelloOutcome, Link, Marks, SampleOutcome, StatusOutcome};
@@ -365,6 +368,7 @@ pub async fn run(instrument: &Instrument) {
         status,
         errors: ErrorLog::default(),
         store_full: false,
+        alarms: instrument.rapid.as_ref().map(|rapid| rapid.alarms()),
     });
     let settings = instrument.config.serial.clone();
     crate::instrument::supervise(
@@ -433,6 +437,8 @@ struct Driver {
     errors: ErrorLog,
     /// Whether the store refused a sample as full (logged once).
     store_full: bool,
+    /// Alarms raised by rapid response, for the node's alarm output.
+    alarms: Option<broadcast::Receiver<Alarm>>,
 }
 
 /// Why a session ends early.
@@ -483,6 +489,19 @@ impl Driver {
                 },
                 Some(request) = self.commands.recv() => {
                     if let Err(stop) = self.send_command(&mut writer, request.command, Some(request.reply)).await {
+                        return self.end(stop);
+                    }
+                    continue;
+                }
+                Some(alarm) = next_alarm(&mut self.alarms) => {
+                    tracing::info!(
+                        instrument = instrument.id(),
+                        alert = alarm.alert,
+                        risk = alarm.risk,
+                        "alert: switching the node's alarm output on"
+                    );
+                    let command = Command::Alarm { on: true, level: alarm.risk };
+                    if let Err(stop) = self.send_command(&mut writer, command, None).await {
                         return self.end(stop);
                     }
                     continue;
@@ -774,6 +793,12 @@ impl Driver {
             body.hazard = instrument.config.hazard.clone();
         }
         instrument.trace.link(instrument.id(), &mut body);
+        // Limits flag the reading before it is signed; its alerts are
+        // raised once it is stored, as for every other driver's readings.
+        let alerts = instrument
+            .rapid
+            .as_ref()
+            .map(|rapid| rapid.before_reading(instrument.id(), &mut body));
         let body = record::body(&NodeReading {
             reading: &body,
             node: fields,
@@ -808,6 +833,11 @@ impl Driver {
                         instrument = instrument.id(),
                         "store takes node samples again"
                     );
+                }
+                if let (Some(rapid), Some(alerts)) = (&instrument.rapid, alerts)
+                    && !alerts.is_empty()
+                {
+                    rapid.raise(instrument.id(), alerts, appended.seq).await;
                 }
                 Ok(Some(appended.seq))
             }
@@ -1034,6 +1064,21 @@ impl Driver {
 
     fn set_status(&self, f: impl FnOnce(&mut NodeStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// The next alarm raised by rapid response; never resolves without it.
+async fn next_alarm(alarms: &mut Option<broadcast::Receiver<Alarm>>) -> Option<Alarm> {
+    let Some(alarms) = alarms else {
+        return std::future::pending().await;
+    };
+    loop {
+        match alarms.recv().await {
+            Ok(alarm) => return Some(alarm),
+            // Missed alarms were older; the next one is the current state.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
     }
 }
 

@@ -2,10 +2,10 @@
 //! qemu-system-arm, its UART on a pty, and the real `kouan` binary reading
 //! it as `driver = "node"`, storing signed records.
 //!
-//! The alarm test runs the driver in this process instead of the binary:
-//! nothing in the agent raises an alarm on its own yet, so the test calls
-//! the driver's command entry point ([`kouan_agent::node::handle`]) that
-//! rapid response will call.
+//! Alarms reach the node two ways: an alert raised by rapid response (a
+//! `[[limit]]` every temperature crosses), through the binary; and the
+//! driver's command entry point ([`kouan_agent::node::handle`]), with the
+//! driver run in this process, which also switches the output off.
 //!
 //! Waits have generous deadlines that only keep a broken node or agent from
 //! hanging the run; no assertion depends on how fast anything happens.
@@ -352,6 +352,53 @@ fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
     assert_each_once(&records, boot);
 }
 
+#[test]
+fn an_alert_switches_the_node_alarm_output_on_and_the_node_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    // Every temperature crosses this limit: the first one raises an alert.
+    let limit = format!(
+        "{}\n[[limit]]\nname = \"temperature\"\nabove = -100.0\nrisk = 2\n\
+         instruments = [\"{INSTRUMENT}\"]\n",
+        instrument_toml(node.pty())
+    );
+    let agent = Agent::start(dir.path(), &limit);
+    agent.wait_for_log("instrument attached", 1, WAIT);
+    node.resume();
+    let setup = Setup {
+        agent,
+        node,
+        _dir: dir,
+    };
+
+    let is_alarm_on =
+        |(p, n): &(Payload, NodeFields)| n.sensor == Some(ALARM) && number(p).1 == 2.0;
+    let records = setup.wait_until("the alarm output at level 2", |records| {
+        records.iter().any(is_alarm_on)
+    });
+
+    // The node reported its output on only after the alert was stored.
+    let (on, _) = records.iter().find(|r| is_alarm_on(r)).unwrap();
+    let alert = setup
+        .agent
+        .records()
+        .into_iter()
+        .find(|p| p.kind == Kind::Alert)
+        .expect("an alert record");
+    assert!(
+        alert.seq < on.seq,
+        "alert {} before the output {}",
+        alert.seq,
+        on.seq
+    );
+    assert!(
+        setup
+            .agent
+            .log_count("switching the node's alarm output on")
+            >= 1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn alarm_command_reaches_the_node_which_reports_the_output_state() {
     use kouan_agent::instrument::{Counters, Instrument, Trace};
@@ -383,6 +430,7 @@ async fn alarm_command_reaches_the_node_which_reports_the_output_state() {
         counters: Arc::new(Counters::default()),
         trace: Trace::default(),
         shutdown,
+        rapid: None,
         store_path: store_path.clone(),
     };
     let driver = tokio::spawn(async move { kouan_agent::node::run(&instrument).await });
