@@ -366,6 +366,7 @@ pub async fn run(instrument: &Instrument) {
         pending: BTreeMap::new(),
         next_id: 1,
         status,
+        instrument: id.clone(),
         errors: ErrorLog::default(),
         store_full: false,
         alarms: instrument.rapid.as_ref().map(|rapid| rapid.alarms()),
@@ -433,6 +434,8 @@ struct Driver {
     commands: mpsc::Receiver<Request>,
     pending: BTreeMap<u16, Pending>,
     next_id: u16,
+    /// The instrument id, for logs.
+    instrument: String,
     status: Arc<Mutex<NodeStatus>>,
     errors: ErrorLog,
     /// Whether the store refused a sample as full (logged once).
@@ -990,7 +993,7 @@ impl Driver {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         send(port, &AgentMsg::Command { id, command }).await?;
-        tracing::info!(id, command = ?command, "command sent to the node");
+        tracing::info!(instrument = %self.instrument, id, command = ?command, "command sent to the node");
         self.pending.insert(
             id,
             Pending {
@@ -1022,7 +1025,7 @@ impl Driver {
                 {
                     let _ = reply.send(Err(CommandError::NoAnswer { id, attempts }));
                 }
-                tracing::warn!(id, ?command, attempts, "node did not answer the command");
+                tracing::warn!(instrument = %self.instrument, id, ?command, attempts, "node did not answer the command");
                 continue;
             }
             pending.attempts += 1;

@@ -212,6 +212,95 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some(marks));
     }
 
+    /// Stores node samples `seqs` of boot `boot` as the driver would, plus
+    /// a record of another instrument; returns the samples' chain seqs.
+    async fn stored(store: &Path, boot: u32, seqs: &[u32]) -> Vec<u64> {
+        use crate::clock::CaptureTime;
+        use crate::keys::{self, Algorithm, SigningKey};
+        use crate::record::ReadingBody;
+        use crate::writer::{Entry, Writer, WriterConfig};
+
+        let key = SigningKey::from_pkcs8(&keys::generate(Algorithm::Ed25519).unwrap()).unwrap();
+        let (opened_store, opened) = Store::open_or_recover(store, &[]).unwrap();
+        let config = WriterConfig::new("gy-air-01", "guiyang-airport");
+        let (writer, thread) = Writer::start(opened_store, &opened, key, config).unwrap();
+        let mut out = Vec::new();
+        for &seq in seqs {
+            for instrument in ["other", "wh3"] {
+                let fields = NodeFields {
+                    seq: Some(seq),
+                    ..NodeFields::new("n1", boot)
+                };
+                let reading = ReadingBody::new(Vec::new(), Vec::new());
+                let body = record::body(&super::super::NodeReading {
+                    reading: &reading,
+                    node: &fields,
+                })
+                .unwrap();
+                let entry = Entry {
+                    instrument: instrument.to_owned(),
+                    kind: Kind::Reading,
+                    time: CaptureTime::now(),
+                    body,
+                };
+                let appended = writer.append(entry).await.unwrap();
+                if instrument == "wh3" {
+                    out.push(appended.seq);
+                }
+            }
+        }
+        drop(writer);
+        thread.join().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn records_the_file_missed_move_the_mark_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("kouan.db");
+        let records = stored(&store, 7, &[1, 2, 3]).await;
+
+        // The agent died after sample 3 was durable, before the file said
+        // so: the file still ends at sample 1.
+        let mut marks = Marks::new();
+        let mark = Mark {
+            boot: 7,
+            through: 1,
+            dropped: 0,
+            record: records[0],
+        };
+        marks.insert("n1".into(), mark);
+        assert_eq!(recover(&store, "wh3", &mut marks, true).unwrap(), 2);
+        assert_eq!(marks["n1"].through, 3);
+        assert_eq!(marks["n1"].record, records[2]);
+
+        // Without a file, the store alone gives the same.
+        let mut rebuilt = Marks::new();
+        assert_eq!(recover(&store, "wh3", &mut rebuilt, false).unwrap(), 3);
+        assert_eq!(rebuilt, marks);
+    }
+
+    #[tokio::test]
+    async fn a_new_boot_in_the_store_replaces_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("kouan.db");
+        stored(&store, 8, &[1, 2]).await;
+
+        let mut marks = Marks::new();
+        let mark = Mark {
+            boot: 7,
+            through: 40,
+            dropped: 5,
+            record: 0,
+        };
+        marks.insert("n1".into(), mark);
+        recover(&store, "wh3", &mut marks, true).unwrap();
+        assert_eq!(
+            (marks["n1"].boot, marks["n1"].through, marks["n1"].dropped),
+            (8, 2, 0)
+        );
+    }
+
     #[test]
     fn a_damaged_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
