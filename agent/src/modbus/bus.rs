@@ -301,6 +301,15 @@ impl<P: AsyncRead + AsyncWrite + Unpin> Link<'_, P> {
             1 + spec.retries
         };
 
+        if unit == BROADCAST {
+            // Nobody answers a broadcast: there is no health to keep.
+            return Ok(match self.transact(unit, request, timeout).await? {
+                Some(Ok((response, adu))) => Outcome::Answer(response, adu),
+                Some(Err(error)) => Outcome::Refused(error),
+                None => Outcome::Silent,
+            });
+        }
+
         let mut outcome = None;
         for _ in 0..tries {
             match self.transact(unit, request, timeout).await? {
