@@ -220,23 +220,26 @@ impl Config {
     /// the file parses, every check runs. The config is returned whenever
     /// it parsed, also with problems, so that more can be checked.
     pub fn parse_all(text: &str, path: &Path) -> (Option<Config>, Vec<ConfigError>) {
-        let spans = spans::Spans::new(text);
         let mut text = text.to_owned();
         let mut problems = Vec::new();
-        let mut config: Config = loop {
-            match toml::from_str(&text) {
-                Ok(config) => break config,
+        let (config, spans) = loop {
+            let spans = spans::Spans::new(&text);
+            match toml::from_str::<Config>(&text) {
+                Ok(config) => break (config, spans),
                 Err(error) => {
-                    let unknown = error.message().starts_with("unknown field");
                     problems.push(parse_error(&error, &text, &spans, path));
-                    let span = error.span().filter(|_| unknown && problems.len() < 50);
-                    match span.and_then(|span| without_key(&text, span)) {
+                    let fixed = error
+                        .span()
+                        .filter(|_| problems.len() < 50)
+                        .and_then(|span| without_unknown_key(&text, &spans, &error, span));
+                    match fixed {
                         Some(fixed) => text = fixed,
                         None => return (None, problems),
                     }
                 }
             }
         };
+        let mut config = config;
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         problems.extend(config.problems(path, &spans));
         (Some(config), problems)
@@ -502,6 +505,10 @@ fn parse_error(
         }
     } else if let Some(rest) = message.strip_prefix("missing field `") {
         let key = rest.split('`').next().unwrap_or_default();
+        // An empty span is the document itself: a missing section.
+        if span.is_empty() {
+            segs.clear();
+        }
         segs.push(spans::Seg::from(key));
         if segs.len() == 1 {
             format!("missing: add a [{key}] section (see docs/config.md)")
@@ -540,10 +547,31 @@ fn parse_error(
     }
 }
 
-/// `text` with the key at `span` and its value blanked out (spaces, so
-/// every other span and line stays where it was); `None` when the key
-/// cannot be cut out cleanly.
-fn without_key(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+/// `text` with an unknown key taken care of, to parse on and find the
+/// next problem: renamed to the known name it most likely meant (so that
+/// a misspelt required key does not come back as missing), or else
+/// blanked out with its value. Lines stay where they were. `None` when the
+/// error is no unknown key or the key cannot be cut out cleanly.
+fn without_unknown_key(
+    text: &str,
+    spans: &spans::Spans,
+    error: &toml::de::Error,
+    span: std::ops::Range<usize>,
+) -> Option<String> {
+    let rest = error.message().strip_prefix("unknown field `")?;
+    let given = rest.split('`').next().unwrap_or_default();
+    let expected = error.message().split_once(", expected ").map(|(_, e)| e);
+    let known = spans::backticked(expected.unwrap_or_default());
+    let mut path = spans.path_at(&span);
+    if let Some(near) = spans::suggest(given, &known) {
+        path.pop();
+        path.push(spans::Seg::from(near));
+        if !spans.contains(&path) && text.get(span.clone()) == Some(given) {
+            let mut fixed = text.to_owned();
+            fixed.replace_range(span, near);
+            return Some(fixed);
+        }
+    }
     let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[span.start..]
         .find('\n')
@@ -556,7 +584,7 @@ fn without_key(text: &str, span: std::ops::Range<usize>) -> Option<String> {
         && value.matches('{').count() == value.matches('}').count()
         && !value.starts_with("\"\"\"")
         && !value.starts_with("\'\'\'");
-    if !balanced || text[line_start..span.start].trim() != "" {
+    if !balanced || !text[line_start..span.start].trim().is_empty() {
         return None;
     }
     let mut fixed = text.to_owned();

@@ -47,6 +47,7 @@ pub mod run;
 pub mod scan;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod uplink;
 pub mod verify;

@@ -60,7 +60,7 @@ pub struct Device {
 /// `/dev/serial/by-path`, and `ttyUSB*`, `ttyACM*`, `ttyAMA*` and the
 /// `ttyS*` that have a UART behind them.
 pub fn serial_ports(roots: &Roots) -> Vec<Device> {
-    let mut names: Vec<String> = read_dir_names(&roots.dev)
+    let mut nodes: Vec<PathBuf> = read_dir_names(&roots.dev)
         .into_iter()
         .filter(|name| {
             ["ttyUSB", "ttyACM", "ttyAMA", "ttymxc"]
@@ -68,22 +68,21 @@ pub fn serial_ports(roots: &Roots) -> Vec<Device> {
                 .any(|prefix| numbered(name, prefix))
                 || (numbered(name, "ttyS") && real_uart(roots, name))
         })
+        .map(|name| roots.dev.join(name))
         .collect();
     let links = links_in(roots, &["serial/by-id", "serial/by-path"]);
     for (_, target) in &links {
-        if let Some(name) = target.file_name().and_then(|n| n.to_str())
-            && !names.iter().any(|n| n == name)
-        {
-            names.push(name.to_owned());
+        if !nodes.contains(target) {
+            nodes.push(target.clone());
         }
     }
-    names.sort_by_key(|name| sort_key(name));
-    names
+    nodes.sort_by_key(|node| sort_key(&node.to_string_lossy()));
+    nodes
         .into_iter()
-        .map(|name| {
-            let node = roots.dev.join(&name);
+        .map(|node| {
             let stable = stable_links(&links, &node);
-            let usb = usb_info(&roots.sys.join("class/tty").join(&name).join("device"));
+            let name = node.file_name().unwrap_or_default();
+            let usb = usb_info(&roots.sys.join("class/tty").join(name).join("device"));
             Device { node, stable, usb }
         })
         .collect()
@@ -371,7 +370,10 @@ mod tests {
         let usb = &ports[1];
         assert_eq!(usb.stable.len(), 1);
         let info = usb.usb.as_ref().unwrap();
-        assert_eq!((&info.vendor_id[..], &info.product_id[..]), ("0403", "6001"));
+        assert_eq!(
+            (&info.vendor_id[..], &info.product_id[..]),
+            ("0403", "6001")
+        );
         assert_eq!(info.serial.as_deref(), Some("A10K1234"));
         assert!(ports[0].usb.is_none());
     }

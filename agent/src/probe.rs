@@ -90,7 +90,11 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<bool> {
         args.port.display(),
         s.baud,
         s.data_bits,
-        if s.parity == Parity::Even { "even" } else { "none" }
+        if s.parity == Parity::Even {
+            "even"
+        } else {
+            "none"
+        }
     );
     Ok(true)
 }
@@ -214,7 +218,9 @@ fn is_astm(bytes: &[u8]) -> bool {
         return true;
     }
     // STX, a frame number 0-7, text, ETX or ETB: the E1381 frame head.
-    bytes.windows(2).any(|w| w[0] == 0x02 && (b'0'..=b'7').contains(&w[1]))
+    bytes
+        .windows(2)
+        .any(|w| w[0] == 0x02 && (b'0'..=b'7').contains(&w[1]))
         && bytes.iter().any(|&b| b == 0x03 || b == 0x17)
         || bytes.starts_with(&[0x05])
 }

@@ -92,7 +92,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     tracing::info!(node = %config.agent.node, site = %config.agent.site, "kouan running");
 
-    wait_for_signal().await?;
+    // systemd (Type=notify) counts the service as started from here.
+    crate::systemd::notify("READY=1");
+    wait_for_signal(|| !writer_thread.is_finished()).await?;
+    crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping");
     shutdown_tx.send_replace(true);
     if let Some(status) = status {
@@ -116,15 +119,27 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// The main loop: waits for SIGTERM or SIGINT, feeding systemd's
+/// watchdog meanwhile while `alive` says so (docs/install.md).
+async fn wait_for_signal(alive: impl Fn() -> bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let interval = crate::systemd::watchdog_interval();
+    let mut watchdog = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = watchdog.tick(), if interval.is_some() => {
+                if alive() {
+                    crate::systemd::notify("WATCHDOG=1");
+                } else {
+                    tracing::error!("the record writer stopped: no watchdog ping, systemd restarts the agent");
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 /// Feeds synthetic readings, 32 awaiting durability at a time; a refused

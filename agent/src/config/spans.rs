@@ -173,6 +173,11 @@ impl Spans {
         dotted(path)
     }
 
+    /// Whether the file has `path`.
+    pub fn contains(&self, path: &[Seg]) -> bool {
+        self.entries.iter().any(|e| e.path == path)
+    }
+
     /// The index of the `[[instrument]]` with this id.
     pub fn instrument_index(&self, id: &str) -> Option<usize> {
         self.instrument_ids
