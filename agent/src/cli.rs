@@ -103,13 +103,6 @@ pub enum Command {
     Tail(kouan_agent::status::client::TailArgs),
     /// The whole pipeline on this machine, no hardware, no broker to install.
     Demo(kouan_agent::demo::DemoArgs),
-    /// Validate a configuration without starting anything: every problem
-    /// with its file, line, field and fix; exit status 1 if there is any.
-    Check(kouan_agent::check::CheckArgs),
-    /// List serial ports and USB keyboards with their stable paths and USB ids.
-    Ports(kouan_agent::ports::PortsArgs),
-    /// Listen to a serial port at common settings and say what the device speaks.
-    Probe(kouan_agent::probe::ProbeArgs),
     /// Tools for tests and benchmarks.
     #[command(hide = true)]
     Debug {
@@ -267,9 +260,6 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         Some(Command::Status(args)) => kouan_agent::status::client::status(&args),
         Some(Command::Tail(args)) => kouan_agent::status::client::tail(&args),
         Some(Command::Demo(args)) => kouan_agent::demo::run(&args),
-        Some(Command::Check(args)) => kouan_agent::check::run(&args),
-        Some(Command::Ports(args)) => kouan_agent::ports::run(&args),
-        Some(Command::Probe(args)) => kouan_agent::probe::run(&args),
         Some(Command::Debug { command }) => crate::debug::run(command).map(|()| true),
     }
 }
