@@ -1093,3 +1093,76 @@ async fn send(port: &mut Port, msg: &AgentMsg) -> Result<(), Stop> {
     port.write_all(&bytes).await.map_err(Stop::Lost)?;
     port.flush().await.map_err(Stop::Lost)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instrument(toml: &str) -> InstrumentConfig {
+        toml::from_str(&format!("id = \"wh3\"\ndriver = \"node\"\n{toml}")).unwrap()
+    }
+
+    #[test]
+    fn options_need_a_port_and_a_short_node_id() {
+        let options = NodeOptions::default();
+        let error = options.validate(&instrument("")).unwrap_err();
+        assert!(error.contains("port"), "{error}");
+        assert!(
+            options
+                .validate(&instrument("port = \"/dev/ttyS0\""))
+                .is_ok()
+        );
+
+        let long = NodeOptions {
+            node_id: Some("a-node-id-of-17-b".into()),
+            ..NodeOptions::default()
+        };
+        let error = long
+            .validate(&instrument("port = \"/dev/ttyS0\""))
+            .unwrap_err();
+        assert!(error.contains("node_id"), "{error}");
+        let tcp = instrument("port = \"/dev/ttyS0\"\nlisten = \"0.0.0.0:1\"");
+        assert!(options.validate(&tcp).is_err());
+    }
+
+    #[test]
+    fn a_node_reading_is_a_reading_with_the_node_fields_beside() {
+        let reading = ReadingBody::new(Vec::new(), vec![1, 2]);
+        let fields = NodeFields {
+            seq: Some(42),
+            ..NodeFields::new("n1", 7)
+        };
+        let body = record::body(&NodeReading {
+            reading: &reading,
+            node: &fields,
+        })
+        .unwrap();
+
+        assert_eq!(NodeFields::from_body(&body), Some(fields));
+        let as_reading: ReadingBody = body.deserialized().unwrap();
+        assert_eq!(as_reading, reading);
+        let plain = record::body(&reading).unwrap();
+        assert_eq!(NodeFields::from_body(&plain), None);
+    }
+
+    #[tokio::test]
+    async fn an_alarm_level_outside_one_to_four_is_refused_before_sending() {
+        let (commands, mut queued) = mpsc::channel(1);
+        let handle = NodeHandle {
+            instrument: "wh3".into(),
+            commands,
+            status: Arc::default(),
+        };
+        assert!(matches!(
+            handle.alarm(Some(0)).await,
+            Err(CommandError::Level(0))
+        ));
+        assert!(queued.try_recv().is_err());
+
+        drop(queued);
+        assert!(matches!(
+            handle.alarm(Some(1)).await,
+            Err(CommandError::Stopped)
+        ));
+    }
+}
