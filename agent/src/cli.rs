@@ -90,6 +90,14 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Ask the running agent how it is: uplink, backlog, instruments, alerts.
+    Status(kouan_agent::status::client::StatusArgs),
+    /// Stream records as the running agent stores them (Ctrl-C to stop).
+    Tail(kouan_agent::status::client::TailArgs),
+    /// The whole pipeline on this machine, no hardware, no broker to install.
+    Demo(kouan_agent::demo::DemoArgs),
+    /// List the alerts raised at this point, or acknowledge one.
+    Alerts(kouan_agent::rapid::cli::AlertsArgs),
     /// Validate a configuration without starting anything: every problem
     /// with its file, line, field and fix; exit status 1 if there is any.
     Check(kouan_agent::check::CheckArgs),
@@ -97,12 +105,6 @@ pub enum Command {
     Ports(kouan_agent::ports::PortsArgs),
     /// Listen to a serial port at common settings and say what the device speaks.
     Probe(kouan_agent::probe::ProbeArgs),
-    /// Ask the running agent how it is: uplink, backlog, instruments, alerts.
-    Status(kouan_agent::status::client::StatusArgs),
-    /// Stream records as the running agent stores them (Ctrl-C to stop).
-    Tail(kouan_agent::status::client::TailArgs),
-    /// The whole pipeline on this machine, no hardware, no broker to install.
-    Demo(kouan_agent::demo::DemoArgs),
     /// Tools for tests and benchmarks.
     #[command(hide = true)]
     Debug {
@@ -152,6 +154,10 @@ pub struct ReceiveArgs {
     /// Milliseconds a hole may stay open before a replay is asked.
     #[arg(long, default_value_t = 3000)]
     pub replay_after_ms: u64,
+    /// Watch this directory for control orders (`*.toml`, docs/platform.md)
+    /// to sign with the platform key and publish, retained.
+    #[arg(long, value_name = "DIR")]
+    pub orders: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,12 +260,13 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         Some(Command::Store {
             command: StoreCommand::Export { store, from, out },
         }) => store_export(&store, from, &out).map(|()| true),
-        Some(Command::Check(args)) => kouan_agent::check::run(&args),
-        Some(Command::Ports(args)) => kouan_agent::ports::run(&args),
-        Some(Command::Probe(args)) => kouan_agent::probe::run(&args),
         Some(Command::Status(args)) => kouan_agent::status::client::status(&args),
         Some(Command::Tail(args)) => kouan_agent::status::client::tail(&args),
         Some(Command::Demo(args)) => kouan_agent::demo::run(&args),
+        Some(Command::Alerts(args)) => kouan_agent::rapid::cli::alerts(&args),
+        Some(Command::Check(args)) => kouan_agent::check::run(&args),
+        Some(Command::Ports(args)) => kouan_agent::ports::run(&args),
+        Some(Command::Probe(args)) => kouan_agent::probe::run(&args),
         Some(Command::Debug { command }) => crate::debug::run(command).map(|()| true),
     }
 }
@@ -293,6 +300,7 @@ fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
         host_id: args.host_id,
         ack_interval: Duration::from_millis(args.ack_interval_ms.max(10)),
         replay_after: Duration::from_millis(args.replay_after_ms.max(100)),
+        orders_dir: args.orders.clone(),
     };
     runtime()?.block_on(async {
         let (stop, stopped) = tokio::sync::watch::channel(false);

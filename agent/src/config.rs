@@ -34,6 +34,12 @@ pub struct Config {
     /// The local status socket (`kouan status`, `kouan tail`).
     #[serde(default)]
     pub status: crate::status::StatusSection,
+    /// Limits on measured quantities, one `[[limit]]` section each.
+    #[serde(default, rename = "limit")]
+    pub limits: Vec<crate::rapid::LimitConfig>,
+    /// What an alert does at the point.
+    #[serde(default)]
+    pub rapid: crate::rapid::RapidSection,
 }
 
 /// `[agent]`

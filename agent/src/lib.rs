@@ -41,6 +41,7 @@ pub mod node;
 pub mod platform;
 pub mod ports;
 pub mod probe;
+pub mod rapid;
 pub mod receive;
 pub mod record;
 pub mod run;

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::clock::CaptureTime;
 use crate::config::Config;
 use crate::keys::{PublicKey, SigningKey};
+use crate::rapid::Rapid;
 use crate::record::{self, Kind, MeasuredValue, Measurement, ReadingBody};
 use crate::store::{Opened, Store};
 use crate::uplink::Uplink;
@@ -53,13 +54,22 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let uplink_status = Arc::new(crate::status::UplinkState::default());
+    let platform_key = config
+        .uplink
+        .as_ref()
+        .and_then(|section| section.platform_key.as_deref())
+        .map(PublicKey::load)
+        .transpose()?;
+    let rapid = Arc::new(Rapid::open(
+        &config.store.path,
+        &config.agent.node,
+        platform_key.clone(),
+        config.limits.clone(),
+        config.rapid.clone(),
+        writer.clone(),
+    )?);
     let uplink = match &config.uplink {
         Some(section) => {
-            let platform_key = section
-                .platform_key
-                .as_deref()
-                .map(PublicKey::load)
-                .transpose()?;
             let uplink = Uplink {
                 config: section.clone(),
                 node: config.agent.node.clone(),
@@ -68,6 +78,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 key: signing,
                 platform_key,
                 status: uplink_status.clone(),
+                rapid: Some(rapid.clone()),
             };
             Some(tokio::spawn(uplink.run(shutdown.clone())))
         }
@@ -76,8 +87,14 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             None
         }
     };
-    let instruments =
-        crate::instrument::spawn(&config.instruments, &writer, &config.store.path, &shutdown);
+    let acknowledgements = tokio::spawn(rapid.clone().serve_acknowledgements(shutdown.clone()));
+    let instruments = crate::instrument::spawn(
+        &config.instruments,
+        &writer,
+        &config.store.path,
+        Some(&rapid),
+        &shutdown,
+    );
     let simulator = (options.simulate_readings > 0).then(|| {
         let (count, raw) = (options.simulate_readings, options.simulate_raw_bytes);
         tokio::spawn(simulate(writer.clone(), count, raw, shutdown.clone()))
@@ -104,12 +121,16 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     for (_, task) in instruments {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), acknowledgements).await;
     if let Some(uplink) = uplink {
         let _ = tokio::time::timeout(Duration::from_secs(10), uplink).await;
     }
     if let Some(simulator) = simulator {
         simulator.abort();
     }
+    // The writer thread ends when the last handle to it is gone: the
+    // rapid-response engine holds one for its alert records.
+    drop(rapid);
     drop(writer);
     tokio::task::spawn_blocking(move || writer_thread.join())
         .await

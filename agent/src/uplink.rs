@@ -74,6 +74,8 @@ pub struct Uplink {
     pub platform_key: Option<PublicKey>,
     /// Where the connection state is reported for `kouan status`.
     pub status: Arc<crate::status::UplinkState>,
+    /// Where control orders go, once verified there.
+    pub rapid: Option<Arc<crate::rapid::Rapid>>,
 }
 
 /// Why a connection ended.
@@ -354,6 +356,9 @@ impl Uplink {
         if let Some(host) = &self.config.platform_host {
             filters.push(platform::host_state_topic(host));
         }
+        if self.rapid.is_some() {
+            filters.push(platform::ORDERS.to_owned());
+        }
         for filter in filters {
             client
                 .try_subscribe(filter, QoS::AtLeastOnce)
@@ -598,7 +603,9 @@ impl Uplink {
             return;
         };
         let keys = std::slice::from_ref(platform_key);
-        if topic == topics.ack() {
+        if topic.starts_with("kouan/v1/orders/") || topic == topics.command("order") {
+            self.on_order(topic, payload);
+        } else if topic == topics.ack() {
             match platform::open::<Ack>(payload, keys, "ack") {
                 Ok(ack) => self.on_ack(s, reader, ack).await,
                 Err(error) => tracing::warn!(topic, %error, "refused an ack"),
@@ -635,6 +642,22 @@ impl Uplink {
                 }
                 Err(error) => tracing::warn!(topic, %error, "refused a host state"),
             }
+        }
+    }
+
+    /// A control order: verified and applied by the rapid-response engine.
+    fn on_order(&self, topic: &str, payload: &[u8]) {
+        let Some(rapid) = &self.rapid else { return };
+        // An empty retained message clears an order's topic at the broker.
+        if payload.is_empty() {
+            return;
+        }
+        match rapid.accept(payload) {
+            Ok(crate::rapid::Accepted::Unchanged(id)) => {
+                tracing::debug!(topic, id, "order already held")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(topic, %error, "refused a control order"),
         }
     }
 

@@ -57,12 +57,12 @@ use kouan_agent::config::TlsSection;
 use kouan_agent::keys::SigningKey;
 use kouan_agent::record;
 use kouan_agent::store::Store;
-use kouan_tests::broker::{Broker, BrokerOptions, find_tool};
-use kouan_tests::pki::{AGENT, PLATFORM};
 use kouan_tests::bench::{
     command_output, grouped, load_average, machine_facts, median, read_text, spread, tail,
     workspace_root, write_figures,
 };
+use kouan_tests::broker::{Broker, BrokerOptions, find_tool};
+use kouan_tests::pki::{AGENT, PLATFORM};
 use kouan_tests::{keygen, kouan, kouan_bin, path_str};
 
 /// Rounds of the raw and sustained measurements; the table gives their median.

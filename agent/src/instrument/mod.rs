@@ -344,6 +344,8 @@ pub struct Instrument {
     pub trace: Trace,
     /// Becomes true when the agent stops.
     pub shutdown: watch::Receiver<bool>,
+    /// Orders and limits that readings and scans are matched against.
+    pub rapid: Option<Arc<crate::rapid::Rapid>>,
     /// The record store's file: drivers keep small state files beside it
     /// (the node driver's watermarks).
     pub store_path: PathBuf,
@@ -368,8 +370,10 @@ impl Instrument {
         body: ReadingBody,
         time: CaptureTime,
     ) -> Result<Appended, StoreRefused> {
-        let body = self.traced(body);
-        self.store(Kind::Reading, record::body(&body), time).await
+        let (body, pending) = self.traced(body);
+        let appended = self.store(Kind::Reading, record::body(&body), time).await?;
+        self.raise(pending, appended.seq).await;
+        Ok(appended)
     }
 
     /// Stores a reading like [`Instrument::store_reading`], but tries once:
@@ -381,8 +385,8 @@ impl Instrument {
         body: ReadingBody,
         time: CaptureTime,
     ) -> Result<Appended, StoreRefused> {
-        let body =
-            record::body(&self.traced(body)).map_err(|e| AppendError::Record(e.to_string()))?;
+        let (body, pending) = self.traced(body);
+        let body = record::body(&body).map_err(|e| AppendError::Record(e.to_string()))?;
         let entry = Entry {
             instrument: self.config.id.clone(),
             kind: Kind::Reading,
@@ -391,16 +395,31 @@ impl Instrument {
         };
         let appended = self.writer.append(entry).await?;
         Counters::add(&self.counters.readings, 1);
+        self.raise(pending, appended.seq).await;
         Ok(appended)
     }
 
-    /// The reading with the instrument's hazard category and its scan.
-    fn traced(&self, mut body: ReadingBody) -> ReadingBody {
+    /// The reading with the instrument's hazard category and its scan,
+    /// flagged where it crosses a limit; the alerts to raise once stored.
+    fn traced(&self, mut body: ReadingBody) -> (ReadingBody, Option<crate::rapid::Pending>) {
         if body.hazard.is_none() {
             body.hazard = self.config.hazard.clone();
         }
         self.trace.link(self.id(), &mut body);
-        body
+        let pending = self
+            .rapid
+            .as_ref()
+            .map(|rapid| rapid.before_reading(self.id(), &mut body));
+        (body, pending)
+    }
+
+    /// Raises the alerts of the reading stored as `seq`.
+    async fn raise(&self, pending: Option<crate::rapid::Pending>, seq: u64) {
+        if let (Some(rapid), Some(pending)) = (&self.rapid, pending)
+            && !pending.is_empty()
+        {
+            rapid.raise(self.id(), pending, seq).await;
+        }
     }
 
     /// Stores a record of `kind` with `body`, waiting while the store is full.
@@ -493,6 +512,7 @@ pub fn spawn(
     instruments: &[InstrumentConfig],
     writer: &Writer,
     store_path: &std::path::Path,
+    rapid: Option<&Arc<crate::rapid::Rapid>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<(Arc<Counters>, tokio::task::JoinHandle<()>)> {
     let trace = Trace::default();
@@ -505,6 +525,7 @@ pub fn spawn(
                 counters: Arc::default(),
                 trace: trace.clone(),
                 shutdown: shutdown.clone(),
+                rapid: rapid.cloned(),
                 store_path: store_path.to_owned(),
             };
             let counters = instrument.counters.clone();

@@ -820,6 +820,46 @@ fn read_alert_row(r: &rusqlite::Row<'_>) -> Result<AlertRow, rusqlite::Error> {
     })
 }
 
+/// Imports signed orders into the database of the agent whose store is
+/// `store`, in one transaction: each is verified with `platform_keys` and
+/// checked as [`Rapid::accept`] does (without the replay check); refused
+/// ones are returned with the reason. For seeding an agent that will start
+/// offline, and for benchmarks. Must not run while the agent runs.
+pub fn import_orders(
+    store: &Path,
+    platform_keys: &[PublicKey],
+    orders: &[Vec<u8>],
+) -> Result<Vec<(usize, String)>, rusqlite::Error> {
+    let mut db = open_db(&database_path(store))?;
+    let now = unix_ms();
+    let tx = db.transaction()?;
+    let mut refused = Vec::new();
+    for (index, bytes) in orders.iter().enumerate() {
+        let order = match platform::open::<Order>(bytes, platform_keys, "order") {
+            Ok(order) => order,
+            Err(error) => {
+                refused.push((index, error.to_string()));
+                continue;
+            }
+        };
+        if let Err(reason) = order.validate() {
+            refused.push((index, reason));
+            continue;
+        }
+        if order.expires <= now {
+            refused.push((index, "expired".into()));
+            continue;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO orders (id, issued, expires, revoked, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![order.id, order.issued, order.expires, order.revoked, bytes],
+        )?;
+    }
+    tx.commit()?;
+    Ok(refused)
+}
+
 /// The alerts at the agent whose store is `store`: unacknowledged ones, or
 /// all with `all`. For `kouan alerts`; works while the agent runs.
 pub fn list_alerts(store: &Path, all: bool) -> Result<Vec<AlertRow>, rusqlite::Error> {
