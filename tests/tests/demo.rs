@@ -66,7 +66,7 @@ fn demo_runs_through_an_outage_to_a_summary_with_nothing_lost() {
     assert!(stdout.contains("--- outage"), "{stdout}");
     assert!(stdout.contains("(held: link down)"), "{stdout}");
     assert!(stdout.contains("--- link restored"), "{stdout}");
-    for instrument in ["balance-1", "scanner-1", "analyzer-1"] {
+    for instrument in ["balance-1", "scanner-1", "analyzer-1", "node-1"] {
         assert!(
             stdout
                 .lines()

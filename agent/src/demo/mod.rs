@@ -6,7 +6,7 @@
 //! ```text
 //! simulated instruments ──pty──▶ kouan run ──link──▶ embedded broker ──▶ kouan receive
 //!  (balance, scanner,            (the real agent,    (rumqttd)           (the reference
-//!   ASTM analyzer)                 as a child)                            platform)
+//!   ASTM analyzer, node)           as a child)                            platform)
 //! ```
 //!
 //! It generates the agent's and the platform's keys, writes the agent's
@@ -24,8 +24,8 @@
 //! stored, delivered, verified, lost and duplicates. It exits 0 only
 //! when nothing was lost and the chain verifies.
 //!
-//! The sensor node is not in the demo yet: its driver is being built.
-//! [`simulated::Kind`] is where it goes.
+//! The sensor node runs the firmware crate's node logic on the host, over
+//! a pty like the others ([`simulated`]).
 
 pub mod network;
 pub mod simulated;
@@ -261,7 +261,6 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
             sim.link.display()
         );
     }
-    println!("               (a sensor node joins the demo once the node driver is in)");
     println!(
         "  timeline     {} s of readings; the agent's link to the broker is cut from {} s to {} s",
         duration.as_secs(),

@@ -8,8 +8,12 @@
 //! balance or scanner line once written, an analyzer's results once the
 //! agent has acknowledged the frame that completes the message.
 //!
-//! Adding an instrument (the sensor node, once its driver is in) means one
-//! more [`Kind`], its config section and its loop.
+//! The sensor node runs the firmware's own node logic
+//! ([`kouan_firmware::node::Node`], the state machine every board runs) on
+//! the host, with made-up sensor values; its samples count as made when
+//! they are numbered, since the node keeps each until the agent has
+//! acknowledged it as durable. Adding an instrument means one more
+//! [`Kind`], its config section and its loop.
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -31,11 +35,13 @@ pub enum Kind {
     Scanner,
     /// A lab analyzer sending heavy-metal results over ASTM E1381/E1394.
     Analyzer,
+    /// A kouan sensor node (climate, gas, gamma dose rate) on the node link.
+    Node,
 }
 
 impl Kind {
     /// Every simulated instrument, in the order they are shown.
-    pub const ALL: [Kind; 3] = [Kind::Balance, Kind::Scanner, Kind::Analyzer];
+    pub const ALL: [Kind; 4] = [Kind::Balance, Kind::Scanner, Kind::Analyzer, Kind::Node];
 
     /// The instrument id in the agent's config.
     pub fn id(self) -> &'static str {
@@ -43,6 +49,7 @@ impl Kind {
             Kind::Balance => "balance-1",
             Kind::Scanner => "scanner-1",
             Kind::Analyzer => "analyzer-1",
+            Kind::Node => "node-1",
         }
     }
 
@@ -52,6 +59,7 @@ impl Kind {
             Kind::Balance => "MT-SICS balance (line driver)",
             Kind::Scanner => "GS1 barcode scanner (scanner driver)",
             Kind::Analyzer => "ASTM E1394 lab analyzer (astm driver)",
+            Kind::Node => "sensor node, the firmware's node logic (node driver)",
         }
     }
 
@@ -71,6 +79,11 @@ impl Kind {
                 "[[instrument]]\nid = \"analyzer-1\"\ndriver = \"astm\"\nport = {port}\n\
                  hazard = \"chemical\"\n"
             ),
+            Kind::Node => format!(
+                "[[instrument]]\nid = \"node-1\"\ndriver = \"node\"\nport = {port}\n\
+                 hazard = \"environmental\"\n[instrument.serial]\nbaud = 115200\n\
+                 [instrument.node]\nnode_id = \"{NODE_ID}\"\n"
+            ),
         }
     }
 
@@ -80,6 +93,8 @@ impl Kind {
             Kind::Balance => Duration::from_millis(1000),
             Kind::Scanner => Duration::from_millis(4000),
             Kind::Analyzer => Duration::from_millis(3000),
+            // The node paces itself (NODE_INTERVAL_MS); this is its loop.
+            Kind::Node => Duration::from_millis(20),
         }
     }
 }
@@ -152,12 +167,17 @@ impl Simulated {
             .name(format!("demo-{}", kind.id()))
             .spawn(move || {
                 let mut port = Port { master, stop };
+                if kind == Kind::Node {
+                    port.node(&made);
+                    return;
+                }
                 let mut n = 0u64;
                 while !port.stopped() {
                     let made_now = match kind {
                         Kind::Balance => port.send(&balance_line(n)).then_some(1),
                         Kind::Scanner => port.send(&scan_line(n)).then_some(1),
                         Kind::Analyzer => port.astm_session(&astm_message(n)).then_some(3),
+                        Kind::Node => None,
                     };
                     made.fetch_add(made_now.unwrap_or(0), Ordering::Relaxed);
                     n += 1;
@@ -245,6 +265,84 @@ impl Port {
             }
         }
         self.send(&[EOT])
+    }
+}
+
+/// The demo node's id, in its hello and the agent's config.
+const NODE_ID: &str = "demo-node";
+
+/// Each of the node's five periodic sensors is sampled this often.
+const NODE_INTERVAL_MS: u32 = 5_000;
+
+/// How long a stopped node keeps its link up for its last acks.
+const NODE_LINGER: Duration = Duration::from_secs(15);
+
+impl Port {
+    /// The node's main loop, as a board runs it: bytes from the UART in,
+    /// due samples recorded, messages out. When the demo stops, sampling
+    /// stops, and the link stays up until every sample is acknowledged.
+    fn node(&mut self, made: &AtomicU64) {
+        use kouan_firmware::node::{Config, NoOutputs, Node};
+        let sensors = kouan_firmware::station::sensors(NODE_INTERVAL_MS, 1_000);
+        let boot = u32::try_from(crate::clock::unix_ms() / 1000).unwrap_or(1);
+        let config = Config {
+            node_id: NODE_ID,
+            firmware: env!("CARGO_PKG_VERSION"),
+            boot,
+            sensors: &sensors,
+        };
+        let Ok(mut node) = Node::<64>::new(&config) else {
+            return;
+        };
+        let started = Instant::now();
+        let mut stopped_at = None;
+        let mut buf = [0u8; 256];
+        loop {
+            let now = started.elapsed().as_millis() as u64;
+            // The read waits up to the port's 50 ms timeout: the loop's pace.
+            match self.master.read(&mut buf) {
+                Ok(n) => node.receive(&buf[..n], now, &mut NoOutputs),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+            if stopped_at.is_none() && self.stopped() {
+                stopped_at = Some(Instant::now());
+            }
+            if stopped_at.is_none() {
+                while let Some(sensor) = node.due(now) {
+                    node.record(sensor, node_value(sensor, now), now);
+                    made.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            node.expire(now, &mut NoOutputs);
+            while let Some(msg) = node.transmit(now) {
+                let Ok(frame) = kouan_protocol::frame::encode(&msg) else {
+                    continue;
+                };
+                if !self.send(&frame) {
+                    return;
+                }
+            }
+            if let Some(at) = stopped_at
+                && (node.status(now).buffered == 0 || at.elapsed() > NODE_LINGER)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A made-up value of the station's sensor `sensor` at `now`.
+fn node_value(sensor: u8, now: u64) -> f32 {
+    use kouan_firmware::station::{COUNT_RATE, DOSE_RATE, GAS, HUMIDITY, TEMPERATURE};
+    let step = (now / u64::from(NODE_INTERVAL_MS) % 8) as f32;
+    match sensor {
+        TEMPERATURE => 22.0 + 0.25 * step,
+        HUMIDITY => 45.0 + 0.5 * step,
+        GAS => 3.0 + 0.2 * step,
+        DOSE_RATE => 0.08 + 0.01 * step,
+        COUNT_RATE => 24.0 + step,
+        _ => 0.0,
     }
 }
 

@@ -310,7 +310,7 @@ impl TailRecord {
                         .map(|m| TailValue {
                             name: m.name,
                             value: match m.value {
-                                MeasuredValue::Number(n) => format!("{n}"),
+                                MeasuredValue::Number(n) => number_text(n),
                                 MeasuredValue::Text(t) => t,
                             },
                             unit: m.unit,
@@ -328,6 +328,17 @@ impl TailRecord {
             _ => {}
         }
         line
+    }
+}
+
+/// A number as short as it can be said: a value a node measured as f32
+/// (22.5, 3.4) is shown as the node said it, not as its f64 widening.
+fn number_text(n: f64) -> String {
+    let narrow = n as f32;
+    if f64::from(narrow) == n {
+        format!("{narrow}")
+    } else {
+        format!("{n}")
     }
 }
 
@@ -434,10 +445,19 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let hub = hub.clone();
-                    let shutdown = shutdown.clone();
+                    let mut shutdown = shutdown.clone();
+                    // A session ends when the agent stops, even one blocked
+                    // writing to a client that stopped reading: the hub
+                    // holds a writer handle, and the writer thread ends only
+                    // when every handle is gone.
                     tokio::spawn(async move {
-                        if let Err(error) = client_session(&hub, stream, shutdown).await {
-                            tracing::debug!(%error, "status client ended");
+                        tokio::select! {
+                            ended = client_session(&hub, stream, shutdown.clone()) => {
+                                if let Err(error) = ended {
+                                    tracing::debug!(%error, "status client ended");
+                                }
+                            }
+                            _ = crate::instrument::stopping(&mut shutdown) => {}
                         }
                     });
                 }
@@ -726,6 +746,13 @@ mod tests {
             (t0 + Duration::from_secs(2), 200, 1100),
         ]);
         assert_eq!(drain_rate(&samples), Some(450.0));
+    }
+
+    #[test]
+    fn numbers_measured_as_f32_are_shown_as_measured() {
+        assert_eq!(number_text(f64::from(3.4f32)), "3.4");
+        assert_eq!(number_text(100.25), "100.25");
+        assert_eq!(number_text(0.1), "0.1");
     }
 
     #[test]
