@@ -478,8 +478,27 @@ fn verify_signature(
     Ok(key.key_id())
 }
 
+/// A number as short as it can be said: a value a node measured as f32
+/// (22.5, 3.4) is shown as the node said it, not as its f64 widening.
+pub fn number_text(n: f64) -> String {
+    let narrow = n as f32;
+    if f64::from(narrow) == n {
+        format!("{narrow}")
+    } else {
+        format!("{n}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_measured_as_f32_are_shown_as_measured() {
+        use super::number_text;
+        assert_eq!(number_text(f64::from(3.4f32)), "3.4");
+        assert_eq!(number_text(100.25), "100.25");
+        assert_eq!(number_text(0.1), "0.1");
+    }
+
     use super::*;
     use crate::keys;
 

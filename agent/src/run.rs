@@ -105,6 +105,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         &writer,
         counters.collect(),
         uplink_status,
+        Some(rapid.clone()),
         shutdown.clone(),
     );
     tracing::info!(node = %config.agent.node, site = %config.agent.site, "kouan running");

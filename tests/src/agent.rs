@@ -13,6 +13,56 @@ use kouan_agent::store::Store;
 
 use crate::{keygen, kouan, path_str};
 
+/// `kouan status --json` at `socket`, parsed; fails with its stderr.
+pub fn status_json(socket: &Path) -> serde_json::Value {
+    serde_json::from_slice(&status_output(socket, &["--json"]))
+        .expect("kouan status --json prints JSON")
+}
+
+/// `kouan status` at `socket` as a person reads it; fails with its stderr.
+pub fn status_text(socket: &Path) -> String {
+    crate::text(&status_output(socket, &[]))
+}
+
+fn status_output(socket: &Path, extra: &[&str]) -> Vec<u8> {
+    let out = kouan()
+        .args(["status", "--socket", path_str(socket)])
+        .args(extra)
+        .output()
+        .expect("kouan status runs");
+    assert!(
+        out.status.success(),
+        "kouan status failed: {}",
+        crate::text(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Polls the status at `socket` until `done` holds; fails after `wait`
+/// with the last status, or saying there is no socket.
+pub fn wait_for_status(
+    socket: &Path,
+    wait: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if socket.exists() {
+            let status = status_json(socket);
+            if done(&status) {
+                return status;
+            }
+            assert!(start.elapsed() < wait, "status never got there: {status:#}");
+        }
+        assert!(
+            start.elapsed() < wait,
+            "no status socket at {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -51,6 +101,21 @@ impl Agent {
         };
         agent.restart();
         agent
+    }
+
+    /// The agent's status socket (the default: beside its store).
+    pub fn status_socket(&self) -> PathBuf {
+        self.dir.join("kouan.sock")
+    }
+
+    /// Polls `kouan status --json` until `done` holds; fails after `wait`
+    /// with the last status.
+    pub fn wait_for_status(
+        &self,
+        wait: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for_status(&self.status_socket(), wait, done)
     }
 
     /// Starts the agent again (after [`Agent::stop`] or [`Agent::kill`]).

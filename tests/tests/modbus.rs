@@ -424,6 +424,32 @@ profile = "gas-concentration"
     // The devices on both sides of the silent one keep being read.
     let co2 = bus.wait_for_readings_of("co2", before + 5);
     let freezer = bus.wait_for_readings_of("freezer", before + 5);
+
+    // The status view shows each device's health.
+    let device = |s: &serde_json::Value, name: &str| {
+        s["instruments"][0]["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let status = bus.agent.wait_for_status(WAIT, |s| {
+        device(s, "absent")["answering"] == false && device(s, "co2")["answering"] == true
+    });
+    let absent = device(&status, "absent");
+    assert_eq!(absent["address"], 3, "{status:#}");
+    assert!(absent["last_success_ms"].is_null(), "{status:#}");
+    assert!(absent["timeouts"].as_u64() >= Some(1), "{status:#}");
+    assert!(device(&status, "co2")["last_success_ms"].as_i64().is_some());
+    assert!(device(&status, "freezer")["answers"].as_u64() >= Some(5));
+    let shown = agent::status_text(&bus.agent.status_socket());
+    assert!(
+        shown.contains("device absent (address 3): NOT ANSWERING, never answered"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("device co2 (address 2): answering, last answer"),
+        "{shown}"
+    );
     bus.agent.stop();
 
     let last = values(co2.last().expect("a reading"), "co2");

@@ -397,6 +397,25 @@ fn an_alert_switches_the_node_alarm_output_on_and_the_node_reports_it() {
             .log_count("switching the node's alarm output on")
             >= 1
     );
+
+    // The status view shows the node, its output and the alert.
+    let status = setup.agent.wait_for_status(WAIT, |s| {
+        s["instruments"][0]["node"]["alarm"] == 2
+            && s["alerts"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let node = &status["instruments"][0]["node"];
+    assert!(
+        !node["firmware"].as_str().unwrap_or("").is_empty(),
+        "{status:#}"
+    );
+    assert_eq!(node["node"], "qemu-node", "{status:#}");
+    assert_eq!(
+        status["alerts"][0]["source"], "limit temperature",
+        "{status:#}"
+    );
+    let shown = kouan_tests::agent::status_text(&setup.agent.status_socket());
+    assert!(shown.contains("ALARM ON (level 2)"), "{shown}");
+    assert!(shown.contains("ALERT 1"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

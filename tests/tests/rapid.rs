@@ -264,6 +264,12 @@ fn order_matched_offline_raises_the_alarm_and_the_alert_overtakes_the_backlog() 
         listed.contains("RW-2026-0042") && listed.contains("hold"),
         "{listed}"
     );
+    let status = kouan_tests::agent::status_json(&site.path("agent/kouan.sock"));
+    assert_eq!(status["active_orders"], 1, "{status:#}");
+    assert_eq!(status["alerts"][0]["source"], "RW-2026-0042", "{status:#}");
+    assert_eq!(status["alerts"][0]["action"], "hold", "{status:#}");
+    let shown = kouan_tests::agent::status_text(&site.path("agent/kouan.sock"));
+    assert!(shown.contains("ALERT 1     risk 1 HOLD"), "{shown}");
 
     // The broker returns: the alert arrives before the older backlog.
     site.broker.restart();

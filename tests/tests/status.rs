@@ -22,38 +22,8 @@ fn balance(port: &Path) -> String {
     )
 }
 
-/// `kouan status --json` at `socket`, parsed; fails with its stderr.
-fn status_json(socket: &Path) -> serde_json::Value {
-    let out = kouan()
-        .args(["status", "--json", "--socket", path_str(socket)])
-        .output()
-        .expect("kouan status runs");
-    assert!(
-        out.status.success(),
-        "kouan status failed: {}",
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("kouan status --json prints JSON")
-}
-
-/// Polls the status until `done` holds; fails with the last status.
 fn wait_for_status(socket: &Path, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if socket.exists() {
-            let status = status_json(socket);
-            if done(&status) {
-                return status;
-            }
-            assert!(start.elapsed() < WAIT, "status never got there: {status:#}");
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no status socket at {}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    kouan_tests::agent::wait_for_status(socket, WAIT, done)
 }
 
 fn instrument(status: &serde_json::Value) -> &serde_json::Value {

@@ -338,6 +338,7 @@ impl<P: AsyncRead + AsyncWrite + Unpin> Link<'_, P> {
             }
         };
         let health = poller.health(ix);
+        super::publish_health(self.instrument.id(), unit, &name, health);
         match change {
             Some(Change::Answering) => tracing::info!(
                 instrument = %self.instrument.id(),

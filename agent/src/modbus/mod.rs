@@ -44,11 +44,51 @@ pub mod frame;
 pub mod point;
 pub mod poll;
 
+use std::collections::BTreeMap;
+
 use tokio::sync::Mutex;
 
 pub use config::{BusOptions, DeviceOptions, PointOptions, Profile, WriteOptions};
 
 use crate::instrument::Instrument;
+
+/// One device's health as the status view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Its name in the config.
+    pub name: String,
+    /// Its address on the bus.
+    pub address: u8,
+    /// Its health after the last request to it.
+    pub health: poll::DeviceHealth,
+}
+
+/// Each running bus's devices by instrument id, as of their last request.
+/// A plain mutex over a small map: written once per request, read once
+/// per `kouan status`.
+static HEALTH: std::sync::Mutex<BTreeMap<String, Vec<DeviceState>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The devices of the `modbus` instrument `instrument` that have
+/// been asked something since the agent started, in the order first asked.
+pub fn health(instrument: &str) -> Vec<DeviceState> {
+    let map = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(instrument).cloned().unwrap_or_default()
+}
+
+fn publish_health(instrument: &str, address: u8, name: &str, health: &poll::DeviceHealth) {
+    let mut map = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
+    let devices = map.entry(instrument.to_owned()).or_default();
+    let state = DeviceState {
+        name: name.to_owned(),
+        address,
+        health: health.clone(),
+    };
+    match devices.iter_mut().find(|d| d.address == address) {
+        Some(device) => *device = state,
+        None => devices.push(state),
+    }
+}
 
 /// Runs the `modbus` driver until the agent stops: one task for the bus,
 /// reopening the port with backoff when it goes away. When it stops it

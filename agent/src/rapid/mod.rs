@@ -404,6 +404,11 @@ impl Rapid {
         self.alarms.subscribe()
     }
 
+    /// The alerts no operator has acknowledged yet, most severe first.
+    pub fn active_alerts(&self) -> Result<Vec<AlertRow>, rusqlite::Error> {
+        query_alerts(&self.db.lock().unwrap_or_else(|e| e.into_inner()), false)
+    }
+
     /// Active orders.
     pub fn active_orders(&self) -> usize {
         self.book
@@ -494,8 +499,12 @@ impl Rapid {
         let mut hits = Vec::new();
         for m in &mut body.values {
             let subject = match (&m.value, &m.unit) {
-                (MeasuredValue::Number(v), Some(u)) => format!("{} = {v} {u}", m.name),
-                (MeasuredValue::Number(v), None) => format!("{} = {v}", m.name),
+                (MeasuredValue::Number(v), Some(u)) => {
+                    format!("{} = {} {u}", m.name, record::number_text(*v))
+                }
+                (MeasuredValue::Number(v), None) => {
+                    format!("{} = {}", m.name, record::number_text(*v))
+                }
                 (MeasuredValue::Text(_), _) => continue,
             };
             let mut crossed = Vec::new();
@@ -774,7 +783,7 @@ impl Pending {
 }
 
 /// One row of the alerts table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertRow {
     /// The alert's number.
     pub id: u64,
@@ -863,7 +872,10 @@ pub fn import_orders(
 /// The alerts at the agent whose store is `store`: unacknowledged ones, or
 /// all with `all`. For `kouan alerts`; works while the agent runs.
 pub fn list_alerts(store: &Path, all: bool) -> Result<Vec<AlertRow>, rusqlite::Error> {
-    let db = open_db(&database_path(store))?;
+    query_alerts(&open_db(&database_path(store))?, all)
+}
+
+fn query_alerts(db: &Connection, all: bool) -> Result<Vec<AlertRow>, rusqlite::Error> {
     let sql = if all {
         "SELECT id, seq, time, risk, action, source, instrument, subject, acked_by
          FROM alerts ORDER BY id"

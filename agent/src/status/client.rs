@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::{Status, TailLine, TailRecord, fetch, socket_path};
+use super::{InstrumentStatus, Status, TailLine, TailRecord, fetch, socket_path};
 use crate::config::Config;
 
 /// Where to find the agent's status socket.
@@ -209,14 +209,65 @@ pub fn render(status: &Status) -> String {
                 i.errors,
                 i.bytes
             );
+            out += &instrument_details(i, &ago);
         }
     }
-    if status.alerts.is_empty() {
+    out += &format!("orders      {} in force\n", status.active_orders);
+    if let Some(error) = &status.alerts_error {
+        out += &format!("alerts      UNKNOWN: {error} (kouan alerts reads them directly)\n");
+    } else if status.alerts.is_empty() {
         out += "alerts      none\n";
     } else {
-        for alert in &status.alerts {
-            out += &format!("ALERT       {alert}\n");
+        for a in &status.alerts {
+            out += &format!(
+                "ALERT {:<5} risk {} {} {} at {}, {} ({}; {}; kouan alerts ack {} --by NAME)\n",
+                a.id,
+                a.risk,
+                a.action.to_uppercase(),
+                a.subject,
+                a.instrument,
+                ago(a.time),
+                a.source,
+                format_args!("record seq {}", a.seq),
+                a.id
+            );
         }
+    }
+    out
+}
+
+/// The lines under an instrument: a Modbus bus's devices, a node's state.
+fn instrument_details(i: &InstrumentStatus, ago: &dyn Fn(i64) -> String) -> String {
+    let mut out = String::new();
+    for d in &i.devices {
+        let state = match d.answering {
+            Some(true) => "answering",
+            Some(false) => "NOT ANSWERING",
+            None => "not asked yet",
+        };
+        let last = d.last_success_ms.map_or_else(
+            || "never answered".to_owned(),
+            |ms| format!("last answer {}", ago(ms)),
+        );
+        out += &format!(
+            "  device {} (address {}): {state}, {last}; {} answers, {} errors, {} timeouts\n",
+            d.name, d.address, d.answers, d.errors, d.timeouts
+        );
+    }
+    if let Some(n) = &i.node {
+        let buffer = n.buffered.map_or_else(
+            || "buffer unknown".to_owned(),
+            |(used, size)| format!("buffer {used}/{size}"),
+        );
+        let alarm = match n.alarm {
+            None => "alarm unknown".to_owned(),
+            Some(0) => "alarm off".to_owned(),
+            Some(level) => format!("ALARM ON (level {level})"),
+        };
+        out += &format!(
+            "  node {} firmware {}: {buffer}, {} dropped, {} resent, {alarm}\n",
+            n.node, n.firmware, n.dropped, n.retransmitted
+        );
     }
     out
 }
@@ -332,7 +383,8 @@ fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Backlog, InstrumentStatus, STATUS_VERSION, UplinkStatus};
+    use crate::rapid::AlertRow;
+    use crate::status::{Backlog, DeviceStatus, NodeView, STATUS_VERSION, UplinkStatus};
 
     fn status(records: u64, drain: Option<f64>) -> Status {
         Status {
@@ -369,8 +421,12 @@ mod tests {
                 errors: 1,
                 attach_count: 1,
                 detach_count: 0,
+                devices: Vec::new(),
+                node: None,
             }],
             alerts: Vec::new(),
+            alerts_error: None,
+            active_orders: 0,
         }
     }
 
@@ -400,5 +456,78 @@ mod tests {
         assert!(text.contains("balance-1"), "{text}");
         assert!(text.contains("2 s ago (seq 99)"), "{text}");
         assert!(text.contains("alerts      none"), "{text}");
+    }
+
+    #[test]
+    fn render_shows_devices_nodes_and_alerts() {
+        let mut s = status(0, None);
+        let mut bus = s.instruments[0].clone();
+        bus.id = "cold-chain".into();
+        bus.devices = vec![
+            DeviceStatus {
+                name: "probe-1".into(),
+                address: 1,
+                answering: Some(true),
+                last_success_ms: Some(1_059_000),
+                answers: 12,
+                errors: 0,
+                timeouts: 1,
+            },
+            DeviceStatus {
+                name: "probe-2".into(),
+                address: 2,
+                answering: Some(false),
+                last_success_ms: None,
+                answers: 0,
+                errors: 0,
+                timeouts: 7,
+            },
+        ];
+        let mut node = s.instruments[0].clone();
+        node.id = "node-1".into();
+        node.node = Some(NodeView {
+            node: "wh-3".into(),
+            firmware: "0.1.0".into(),
+            buffered: Some((3, 64)),
+            dropped: 5,
+            retransmitted: 2,
+            alarm: Some(2),
+        });
+        s.instruments.extend([bus, node]);
+        s.active_orders = 3;
+        s.alerts.push(AlertRow {
+            id: 7,
+            seq: 120,
+            time: 1_055_000,
+            risk: 1,
+            action: "hold".into(),
+            source: "GACC-2026-0042".into(),
+            instrument: "scanner-1".into(),
+            subject: "GTIN 06901234567892".into(),
+            acked_by: None,
+        });
+        let text = render(&s);
+        assert!(
+            text.contains("device probe-1 (address 1): answering, last answer 1 s ago; 12 answers, 0 errors, 1 timeouts"),
+            "{text}"
+        );
+        assert!(
+            text.contains("device probe-2 (address 2): NOT ANSWERING, never answered"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "node wh-3 firmware 0.1.0: buffer 3/64, 5 dropped, 2 resent, ALARM ON (level 2)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("orders      3 in force"), "{text}");
+        assert!(
+            text.contains("ALERT 7     risk 1 HOLD GTIN 06901234567892 at scanner-1, 5 s ago"),
+            "{text}"
+        );
+        assert!(text.contains("kouan alerts ack 7 --by NAME"), "{text}");
+        s.alerts_error = Some("database is locked".into());
+        assert!(render(&s).contains("alerts      UNKNOWN: database is locked"));
     }
 }

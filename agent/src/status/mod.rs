@@ -153,8 +153,16 @@ pub struct Status {
     pub backlog: Backlog,
     /// Each configured instrument.
     pub instruments: Vec<InstrumentStatus>,
-    /// Active alerts (rapid response); empty until it exists.
-    pub alerts: Vec<String>,
+    /// Alerts raised at this point that no operator has acknowledged,
+    /// most severe first.
+    pub alerts: Vec<crate::rapid::AlertRow>,
+    /// Why the alerts could not be read, when they could not: then
+    /// `alerts` is empty and says nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_error: Option<String>,
+    /// Control orders in force.
+    #[serde(default)]
+    pub active_orders: usize,
 }
 
 /// The uplink's connection.
@@ -213,6 +221,80 @@ pub struct InstrumentStatus {
     pub attach_count: u64,
     /// Times it went away.
     pub detach_count: u64,
+    /// A `modbus` bus's devices, each asked at least once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceStatus>,
+    /// A `node` instrument's sensor node, once it has said hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeView>,
+}
+
+/// One Modbus device on a bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Its name in the config.
+    pub name: String,
+    /// Its address.
+    pub address: u8,
+    /// Whether it answers; absent until it was first asked.
+    pub answering: Option<bool>,
+    /// When it last answered validly, ms since the Unix epoch.
+    pub last_success_ms: Option<i64>,
+    /// Valid answers.
+    pub answers: u64,
+    /// Exception answers and mismatched echoes.
+    pub errors: u64,
+    /// Tries without a valid answer.
+    pub timeouts: u64,
+}
+
+/// A sensor node as its driver last heard of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node's id, from its hello.
+    pub node: String,
+    /// Its firmware version.
+    pub firmware: String,
+    /// Samples in its buffer and the buffer's size, from its last status.
+    pub buffered: Option<(u16, u16)>,
+    /// Samples it dropped since its boot (its buffer overflowed).
+    pub dropped: u32,
+    /// Samples it sent again since its boot.
+    pub retransmitted: u32,
+    /// Its alarm output as it last reported it: 0 off, else the level.
+    pub alarm: Option<u8>,
+}
+
+impl DeviceStatus {
+    fn from_state(state: crate::modbus::DeviceState) -> DeviceStatus {
+        let health = state.health;
+        DeviceStatus {
+            name: state.name,
+            address: state.address,
+            answering: health.answering,
+            last_success_ms: health.last_success.map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            }),
+            answers: health.answers,
+            errors: health.errors,
+            timeouts: health.timeouts,
+        }
+    }
+}
+
+impl NodeView {
+    fn of(instrument: &str) -> Option<NodeView> {
+        let status = crate::node::handle(instrument)?.status();
+        Some(NodeView {
+            node: status.node?,
+            firmware: status.firmware.unwrap_or_default(),
+            buffered: status.buffered,
+            dropped: status.dropped,
+            retransmitted: status.retransmitted,
+            alarm: status.alarm,
+        })
+    }
 }
 
 /// One stored record, as `kouan tail` shows it.
@@ -310,7 +392,7 @@ impl TailRecord {
                         .map(|m| TailValue {
                             name: m.name,
                             value: match m.value {
-                                MeasuredValue::Number(n) => number_text(n),
+                                MeasuredValue::Number(n) => record::number_text(n),
                                 MeasuredValue::Text(t) => t,
                             },
                             unit: m.unit,
@@ -331,17 +413,6 @@ impl TailRecord {
     }
 }
 
-/// A number as short as it can be said: a value a node measured as f32
-/// (22.5, 3.4) is shown as the node said it, not as its f64 widening.
-fn number_text(n: f64) -> String {
-    let narrow = n as f32;
-    if f64::from(narrow) == n {
-        format!("{narrow}")
-    } else {
-        format!("{n}")
-    }
-}
-
 /// What the server knows beyond the counters: each instrument's last
 /// record, and samples of the backlog to tell how fast it drains.
 #[derive(Debug, Default)]
@@ -358,6 +429,7 @@ struct Hub {
     site: String,
     started_ms: i64,
     uplink: Option<Arc<UplinkState>>,
+    rapid: Option<Arc<crate::rapid::Rapid>>,
     instruments: Vec<(InstrumentConfig, Arc<Counters>)>,
     writer: Writer,
     seen: Mutex<Seen>,
@@ -377,6 +449,7 @@ pub fn serve(
     writer: &Writer,
     counters: Vec<Arc<Counters>>,
     uplink: Arc<UplinkState>,
+    rapid: Option<Arc<crate::rapid::Rapid>>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let instruments = config.instruments.iter().cloned().zip(counters).collect();
@@ -396,6 +469,7 @@ pub fn serve(
         site: config.agent.site.clone(),
         started_ms: unix_ms(),
         uplink,
+        rapid,
         instruments,
         writer: writer.clone(),
         seen: Mutex::default(),
@@ -549,6 +623,17 @@ impl Hub {
                 None
             }
         };
+        let (alerts, alerts_error) = match self.rapid.clone() {
+            Some(rapid) => match tokio::task::spawn_blocking(move || rapid.active_alerts()).await {
+                Ok(Ok(alerts)) => (alerts, None),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "status: the alert database could not be read");
+                    (Vec::new(), Some(error.to_string()))
+                }
+                Err(error) => (Vec::new(), Some(error.to_string())),
+            },
+            None => (Vec::new(), None),
+        };
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let backlog = stats.map_or_else(Backlog::default, |stats| Backlog {
             records: stats.records,
@@ -577,6 +662,11 @@ impl Hub {
                     errors,
                     attach_count: attached,
                     detach_count: detached,
+                    devices: crate::modbus::health(&config.id)
+                        .into_iter()
+                        .map(DeviceStatus::from_state)
+                        .collect(),
+                    node: NodeView::of(&config.id),
                 }
             })
             .collect();
@@ -591,7 +681,9 @@ impl Hub {
             uplink: self.uplink.as_ref().map(|u| u.snapshot()),
             backlog,
             instruments,
-            alerts: Vec::new(),
+            alerts,
+            alerts_error,
+            active_orders: self.rapid.as_ref().map_or(0, |r| r.active_orders()),
         }
     }
 }
@@ -746,13 +838,6 @@ mod tests {
             (t0 + Duration::from_secs(2), 200, 1100),
         ]);
         assert_eq!(drain_rate(&samples), Some(450.0));
-    }
-
-    #[test]
-    fn numbers_measured_as_f32_are_shown_as_measured() {
-        assert_eq!(number_text(f64::from(3.4f32)), "3.4");
-        assert_eq!(number_text(100.25), "100.25");
-        assert_eq!(number_text(0.1), "0.1");
     }
 
     #[test]
