@@ -35,6 +35,10 @@ impl Site {
         }
         let options = BrokerOptions {
             max_queued_messages: Some(10_000),
+            // mosquitto_pub publishes as the platform while the receiver is
+            // connected as the platform: with client ids bound to the
+            // certificate's name each would take the other's session.
+            any_client_id: true,
             ..BrokerOptions::default()
         };
         let broker = Broker::start(&path("broker"), &options);
