@@ -56,9 +56,10 @@ impl Site {
             "ack_timeout_secs = 5",
         );
         let config = format!(
-            "{config}\n[rapid]\ncommand = [\"sh\", \"-c\", \"echo $KOUAN_ALERT_ACTION $KOUAN_ALERT_SUBJECT >> {gate}\"]\n\n\
+            "{config}\n[rapid]\ncommand = [\"sh\", \"-c\", \"ls -l /proc/$$/fd > {fds}; echo $KOUAN_ALERT_ACTION $KOUAN_ALERT_SUBJECT >> {gate}\"]\n\n\
              [[instrument]]\nid = \"scanner-1\"\ndriver = \"scanner\"\nport = \"{port}\"\n",
             gate = path_str(&path("gate.log")),
+            fds = path_str(&path("command-fds.log")),
             port = path_str(scanner.path()),
         );
         std::fs::write(path("agent/kouan.toml"), config).unwrap();
@@ -263,6 +264,13 @@ fn order_matched_offline_raises_the_alarm_and_the_alert_overtakes_the_backlog() 
     );
     let gate = std::fs::read_to_string(site.path("gate.log")).unwrap();
     assert_eq!(gate.trim(), "hold (01)09521234543213(10)12A");
+    // The command inherits none of the agent's files: not the scanner's
+    // port, not the store.
+    let fds = std::fs::read_to_string(site.path("command-fds.log")).unwrap();
+    assert!(
+        !fds.contains("/dev/pts") && !fds.contains(".db"),
+        "the alarm command inherited: {fds}"
+    );
     let listed = site.alerts(&[]);
     assert!(
         listed.contains("RW-2026-0042") && listed.contains("hold"),
