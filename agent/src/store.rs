@@ -296,12 +296,37 @@ impl Store {
     }
 
     /// Creates a new, empty store; fails if the file exists.
+    ///
+    /// The store is made complete under a temporary name and renamed into
+    /// place, so that a process killed while creating it leaves no file at
+    /// `path` that would look like a damaged store.
     pub fn create(path: &Path) -> Result<Store, StoreError> {
         if path.exists() {
             return Err(StoreError::Exists(path.to_owned()));
         }
-        let conn = Connection::open(path).map_err(sqlite(path, "creating the database"))?;
-        configure(&conn, path)?;
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".creating");
+        let partial = PathBuf::from(partial);
+        let io = |action: &'static str| {
+            move |source| StoreError::Io {
+                path: path.to_owned(),
+                action,
+                source,
+            }
+        };
+        // What an earlier, interrupted creation left.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut leftover = partial.as_os_str().to_owned();
+            leftover.push(suffix);
+            match std::fs::remove_file(PathBuf::from(leftover)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing an unfinished store")(e));
+                }
+                _ => {}
+            }
+        }
+        let conn = Connection::open(&partial).map_err(sqlite(path, "creating the database"))?;
+        configure(&conn, &partial)?;
         conn.execute_batch(&format!(
             "BEGIN;
              CREATE TABLE chain (
@@ -324,11 +349,15 @@ impl Store {
              COMMIT;"
         ))
         .map_err(sqlite(path, "creating the tables"))?;
-        crate::keys::sync_parent_dir(path).map_err(|source| StoreError::Io {
-            path: path.to_owned(),
-            action: "syncing the directory",
-            source,
-        })?;
+        // Closing the only connection checkpoints the WAL into the file and
+        // removes it: the file alone is the whole store.
+        conn.close()
+            .map_err(|(_, e)| e)
+            .map_err(sqlite(path, "closing the new database"))?;
+        std::fs::rename(&partial, path).map_err(io("moving the new store into place"))?;
+        crate::keys::sync_parent_dir(path).map_err(io("syncing the directory"))?;
+        let conn = Connection::open(path).map_err(sqlite(path, "opening the new database"))?;
+        configure(&conn, path)?;
         Ok(Store {
             conn,
             path: path.to_owned(),
@@ -957,5 +986,32 @@ mod tests {
         assert_eq!(utc_stamp(0), "19700101T000000Z");
         assert_eq!(utc_stamp(1_764_756_000_123), "20251203T100000Z");
         assert_eq!(utc_stamp(951_782_400_000), "20000229T000000Z");
+    }
+
+    #[test]
+    fn an_interrupted_creation_leaves_no_store_and_the_next_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kouan.db");
+        // What a process killed between opening and committing leaves: an
+        // empty database under the temporary name, with its WAL.
+        let partial = dir.path().join("kouan.db.creating");
+        let conn = Connection::open(&partial).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE half (x);")
+            .unwrap();
+        std::mem::forget(conn);
+        assert!(!path.exists());
+
+        let (store, opened) = Store::open_or_recover(&path, &[]).unwrap();
+        assert!(matches!(opened, Opened::Created), "{opened:?}");
+        drop(store);
+        assert!(!partial.exists());
+        let store = Store::open(&path, &[]).unwrap();
+        assert_eq!(store.stats().unwrap().records, 0);
+        drop(store);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["kouan.db"], "nothing left of the creation");
     }
 }
