@@ -611,6 +611,47 @@ async fn write_json<T: Serialize + ?Sized>(
 
 impl Hub {
     async fn status(&self) -> Status {
+        let (alerts, alerts_error) = match self.rapid.clone() {
+            Some(rapid) => match tokio::task::spawn_blocking(move || rapid.active_alerts()).await {
+                Ok(Ok(alerts)) => (alerts, None),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "status: the alert database could not be read");
+                    (Vec::new(), Some(error.to_string()))
+                }
+                Err(error) => (Vec::new(), Some(error.to_string())),
+            },
+            None => (Vec::new(), None),
+        };
+        // The counters before the store's statistics: every reading counted
+        // is then in the backlog or already confirmed, never missing.
+        let instruments = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            self.instruments
+                .iter()
+                .map(|(config, counters)| {
+                    let [bytes, readings, errors, attached, detached] = counters.snapshot();
+                    let last = seen.last.get(&config.id);
+                    InstrumentStatus {
+                        id: config.id.clone(),
+                        driver: driver_name(config),
+                        location: config.location(),
+                        attached: attached > detached,
+                        last_reading_ms: last.map(|(ms, _)| *ms),
+                        last_seq: last.map(|(_, seq)| *seq),
+                        bytes,
+                        readings,
+                        errors,
+                        attach_count: attached,
+                        detach_count: detached,
+                        devices: crate::modbus::health(&config.id)
+                            .into_iter()
+                            .map(DeviceStatus::from_state)
+                            .collect(),
+                        node: NodeView::of(&config.id),
+                    }
+                })
+                .collect()
+        };
         let stats = tokio::time::timeout(Duration::from_secs(2), self.writer.stats()).await;
         let stats = match stats {
             Ok(Ok(stats)) => Some(stats),
@@ -623,17 +664,6 @@ impl Hub {
                 None
             }
         };
-        let (alerts, alerts_error) = match self.rapid.clone() {
-            Some(rapid) => match tokio::task::spawn_blocking(move || rapid.active_alerts()).await {
-                Ok(Ok(alerts)) => (alerts, None),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "status: the alert database could not be read");
-                    (Vec::new(), Some(error.to_string()))
-                }
-                Err(error) => (Vec::new(), Some(error.to_string())),
-            },
-            None => (Vec::new(), None),
-        };
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let backlog = stats.map_or_else(Backlog::default, |stats| Backlog {
             records: stats.records,
@@ -644,32 +674,6 @@ impl Hub {
                 .then(|| drain_rate(&seen.samples))
                 .flatten(),
         });
-        let instruments = self
-            .instruments
-            .iter()
-            .map(|(config, counters)| {
-                let [bytes, readings, errors, attached, detached] = counters.snapshot();
-                let last = seen.last.get(&config.id);
-                InstrumentStatus {
-                    id: config.id.clone(),
-                    driver: driver_name(config),
-                    location: config.location(),
-                    attached: attached > detached,
-                    last_reading_ms: last.map(|(ms, _)| *ms),
-                    last_seq: last.map(|(_, seq)| *seq),
-                    bytes,
-                    readings,
-                    errors,
-                    attach_count: attached,
-                    detach_count: detached,
-                    devices: crate::modbus::health(&config.id)
-                        .into_iter()
-                        .map(DeviceStatus::from_state)
-                        .collect(),
-                    node: NodeView::of(&config.id),
-                }
-            })
-            .collect();
         Status {
             v: STATUS_VERSION,
             version: env!("CARGO_PKG_VERSION").to_owned(),
