@@ -110,8 +110,14 @@ impl VirtualPort {
         out
     }
 
-    /// Waits until the agent has read everything sent (the slave's input
-    /// queue is empty); fails after `wait`.
+    /// Waits until the slave's input queue is empty; fails after `wait`.
+    ///
+    /// Not proof that the agent read everything sent: the kernel moves
+    /// bytes written to the master into that queue asynchronously, so it
+    /// can be empty for a moment before they arrive. Enough to pace a
+    /// peer whose next bytes come after these on the same line; where the
+    /// test must know the agent read them (before an unplug), wait for the
+    /// instrument's `bytes` in `kouan status` instead.
     pub fn wait_drained(&self, wait: Duration) {
         let start = Instant::now();
         while self
