@@ -11,7 +11,11 @@
 //! Every event is one line on stdout (`accepted NODE SEQ KIND`, `duplicate
 //! NODE SEQ`, `rejected NODE TOPIC: REASON`, ...), so tests and operators can
 //! follow it; `docs/platform.md` describes what a production platform must
-//! do the same way.
+//! do the same way. A sensor node's drop record (samples it lost while its
+//! buffer was full, `docs/node-driver.md`) is a reading like any other to
+//! the chain; it also gets a `node-gap` line, since it is the only word the
+//! platform gets of those samples. [`kept`] reads back what a receiver
+//! stored.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
@@ -30,6 +34,7 @@ use tokio::sync::watch;
 use crate::clock::unix_ms;
 use crate::config::TlsSection;
 use crate::keys::{PublicKey, SigningKey};
+use crate::node::NodeFields;
 use crate::platform::{self, Ack, Command, Death, HostState, MESSAGE_VERSION};
 use crate::record::{self, GapBody, Kind};
 
@@ -195,11 +200,52 @@ fn open_db(path: &Path) -> anyhow::Result<Connection> {
     Ok(db)
 }
 
+/// The signed bytes of the records the receiver's store at `path` holds
+/// for `node`, in stream and seq order: what it accepted, read back
+/// without disturbing a receiver that is running.
+pub fn kept(path: &Path, node: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let db = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+    let mut query = db
+        .prepare("SELECT bytes FROM received WHERE node = ?1 ORDER BY stream, seq")
+        .with_context(|| format!("reading {}", path.display()))?;
+    let rows = query
+        .query_map([node], |r| r.get(0))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(rows)
+}
+
 /// One line on stdout per event.
 fn event(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Reports a sensor node's drop record: samples the node never numbered,
+/// so no seq of theirs will ever be missing; this is their only trace.
+fn node_gap(node: &str, instrument: &str, fields: &NodeFields, dropped: u32, total: u32) {
+    // The driver always knows the sample that followed the gap; a record
+    // without it still says how many were lost.
+    let before = fields
+        .before
+        .map_or_else(|| "-".to_owned(), |b| b.to_string());
+    event(format_args!(
+        "node-gap {node} {instrument} node={} boot={} dropped={dropped} total={total} before={before}",
+        fields.id, fields.boot
+    ));
+    tracing::warn!(
+        node,
+        instrument,
+        sensor_node = %fields.id,
+        boot = fields.boot,
+        dropped,
+        dropped_total = total,
+        before = fields.before,
+        "a sensor node lost samples while its buffer was full"
+    );
 }
 
 impl Receiver {
@@ -401,6 +447,12 @@ impl Receiver {
             ));
             state.explained.push((gap.from, gap.to));
         }
+        if p.kind == Kind::Reading
+            && let Some(fields) = NodeFields::from_body(&p.body)
+            && let (Some(dropped), Some(total)) = (fields.dropped, fields.dropped_total)
+        {
+            node_gap(&node, &p.instrument, &fields, dropped, total);
+        }
         let before = state.watermark;
         state.advance();
         if state.watermark != before {
@@ -560,5 +612,35 @@ impl Receiver {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_reads_back_one_node_in_stream_and_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.db");
+        let db = open_db(&path).unwrap();
+        let rows: [(&str, u8, i64, &[u8]); 4] = [
+            ("gy-air-01", 2, 0, b"second stream"),
+            ("gy-air-01", 1, 1, b"seq 1"),
+            ("gy-rail-01", 1, 0, b"another node"),
+            ("gy-air-01", 1, 0, b"seq 0"),
+        ];
+        for (node, stream, seq, bytes) in rows {
+            db.execute(
+                "INSERT INTO received (node, stream, seq, kind, hash, bytes) \
+                 VALUES (?1, ?2, ?3, 'reading', x'00', ?4)",
+                params![node, [stream; 16], seq, bytes],
+            )
+            .unwrap();
+        }
+
+        let expected: [&[u8]; 3] = [b"seq 0", b"seq 1", b"second stream"];
+        assert_eq!(kept(&path, "gy-air-01").unwrap(), expected);
+        assert!(kept(&path, "nobody").unwrap().is_empty());
     }
 }

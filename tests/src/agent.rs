@@ -1,7 +1,8 @@
 //! A `kouan run` process for end-to-end tests of instrument drivers: its
 //! own directory, key, store and log, started with the test's
-//! `[[instrument]]` sections and no uplink (records stay in the store, where
-//! the test reads and verifies them).
+//! `[[instrument]]` sections and, unless [`Agent::configure`] gives it one,
+//! no uplink (records stay in the store, where the test reads and verifies
+//! them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,24 +84,46 @@ impl Agent {
     /// [`Agent::start`] with extra lines for the `[store]` section, e.g. a
     /// tiny `max_bytes` for a store that refuses readings.
     pub fn start_with_store(dir: &Path, store_extra: &str, instruments: &str) -> Agent {
+        let head = |key: &Path, store: &Path| {
+            format!(
+                "[agent]\nnode = \"gy-air-01\"\nsite = \"guiyang-airport\"\n\n\
+                 [keys]\nsigning = \"{}\"\n\n[store]\npath = \"{}\"\n{store_extra}\n",
+                path_str(key),
+                path_str(store),
+            )
+        };
+        let mut agent = Agent::configure(dir, head, instruments);
+        agent.restart();
+        agent
+    }
+
+    /// Makes the agent's key and writes its config in `dir` without
+    /// starting it ([`Agent::restart`] does), so that a platform can learn
+    /// its [`Agent::public_key`] first. `head` writes everything but the
+    /// instruments from the paths of the signing key and the store, e.g.
+    /// with [`crate::agent_config`] for an agent with an uplink.
+    pub fn configure(
+        dir: &Path,
+        head: impl FnOnce(&Path, &Path) -> String,
+        instruments: &str,
+    ) -> Agent {
         let (key, public) = keygen(dir, "ed25519");
         let config = dir.join("kouan.toml");
-        let text = format!(
-            "[agent]\nnode = \"gy-air-01\"\nsite = \"guiyang-airport\"\n\n\
-             [keys]\nsigning = \"{}\"\n\n[store]\npath = \"{}\"\n{store_extra}\n\n{instruments}\n",
-            path_str(&key),
-            path_str(&dir.join("kouan.db")),
-        );
-        std::fs::write(&config, text).expect("config written");
-        let mut agent = Agent {
+        let agent = Agent {
             dir: dir.to_owned(),
             config,
             child: None,
             public,
             runs: 0,
         };
-        agent.restart();
+        let text = format!("{}\n{instruments}\n", head(&key, &agent.store()));
+        std::fs::write(&agent.config, text).expect("config written");
         agent
+    }
+
+    /// The agent's public key file (SPKI PEM).
+    pub fn public_key(&self) -> &Path {
+        &self.public
     }
 
     /// The agent's status socket (the default: beside its store).
@@ -118,7 +141,8 @@ impl Agent {
         wait_for_status(&self.status_socket(), wait, done)
     }
 
-    /// Starts the agent again (after [`Agent::stop`] or [`Agent::kill`]).
+    /// Starts the agent again (after [`Agent::stop`] or [`Agent::kill`]),
+    /// or for the first time after [`Agent::configure`].
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the agent is already running");
         self.runs += 1;
@@ -198,9 +222,14 @@ impl Agent {
         }
     }
 
+    /// The agent's store.
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("kouan.db")
+    }
+
     /// Every record in the store, each verified with the agent's key.
     pub fn records(&self) -> Vec<Payload> {
-        let path = self.dir.join("kouan.db");
+        let path = self.store();
         let Ok(store) = Store::open_read_only(&path) else {
             return Vec::new();
         };

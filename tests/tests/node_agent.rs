@@ -7,6 +7,10 @@
 //! driver's command entry point ([`kouan_agent::node::handle`]), with the
 //! driver run in this process, which also switches the output off.
 //!
+//! With a platform (mosquitto and `kouan receive`), the agent forwards
+//! what it stores, and the test reads what the receiver accepted instead:
+//! the drops of a pulled link reach it as a record and a `node-gap` line.
+//!
 //! Waits have generous deadlines that only keep a broken node or agent from
 //! hanging the run; no assertion depends on how fast anything happens.
 
@@ -15,16 +19,21 @@
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kouan_agent::node::NodeFields;
+use kouan_agent::keys::PublicKey;
+use kouan_agent::node::{NodeFields, watermark};
 use kouan_agent::record::{Kind, MeasuredValue, Payload};
 use kouan_firmware::station::{ALARM, COUNT_RATE, DOSE_RATE, GAS, HUMIDITY, TEMPERATURE};
 use kouan_protocol::{AgentMsg, Command, Decoder, NodeMsg, Outcome, frame};
 use kouan_tests::agent::{Agent, reading};
+use kouan_tests::broker::{Broker, BrokerOptions};
+use kouan_tests::pki::{AGENT, PLATFORM};
 use kouan_tests::qemu::Node;
+use kouan_tests::{keygen, kouan, path_str};
 
 /// Longest wait for one expected state: far beyond the node's 60 s status
 /// period and the agent's reconnect backoff.
@@ -35,11 +44,15 @@ const CAPACITY: u32 = 128;
 
 const INSTRUMENT: &str = "climate";
 
-/// An emulated node with an agent reading it.
+/// The node id the image says hello with.
+const NODE_ID: &str = "qemu-node";
+
+/// An emulated node with an agent reading it, and maybe a platform.
 struct Setup {
     // Declared first, so the agent closes the pty before QEMU goes.
     agent: Agent,
     node: Node,
+    platform: Option<Platform>,
     _dir: tempfile::TempDir,
 }
 
@@ -48,20 +61,69 @@ impl Setup {
     /// once the agent has the port open.
     fn start() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let mut node = Node::start(dir.path());
+        let node = Node::start(dir.path());
         let agent = Agent::start(dir.path(), &instrument_toml(node.pty()));
+        Setup::run(dir, node, agent, None)
+    }
+
+    /// [`Setup::start`] with the agent's uplink to a platform, which
+    /// knows the agent's key and listens before the agent starts.
+    fn start_with_platform() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |p: &str| dir.path().join(p);
+        for sub in ["agent", "broker", "platform/agents"] {
+            std::fs::create_dir_all(path(sub)).unwrap();
+        }
+        let broker = Broker::start(&path("broker"), &BrokerOptions::default());
+        let (platform_key, platform_pub) = keygen(&path("platform"), "ed25519");
+        let node = Node::start(&path("agent"));
+        let uplink = |key: &Path, store: &Path| {
+            kouan_tests::agent_config(&broker, broker.port(), key, store, &platform_pub, "", "")
+        };
+        let mut agent = Agent::configure(&path("agent"), uplink, &instrument_toml(node.pty()));
+        let registered = path("platform/agents").join(format!("{AGENT}.pub"));
+        std::fs::copy(agent.public_key(), registered).unwrap();
+        let platform = Platform::start(&path("platform"), broker, &platform_key);
+        agent.restart();
+        Setup::run(dir, node, agent, Some(platform))
+    }
+
+    fn run(
+        dir: tempfile::TempDir,
+        mut node: Node,
+        agent: Agent,
+        platform: Option<Platform>,
+    ) -> Setup {
         agent.wait_for_log("instrument attached", 1, WAIT);
         node.resume();
         Setup {
             agent,
             node,
+            platform,
             _dir: dir,
         }
     }
 
-    /// The node's samples and drop records in the store, in chain order.
+    /// The node's samples and drop records in chain order: those in the
+    /// agent's store, or with a platform those the receiver accepted (the
+    /// agent deletes what the platform acknowledged).
     fn node_records(&self) -> Vec<(Payload, NodeFields)> {
-        node_records(self.agent.records())
+        match &self.platform {
+            Some(platform) => node_records(platform.received(self.agent.public_key())),
+            None => node_records(self.agent.records()),
+        }
+    }
+
+    /// The node's watermark the agent saved: every sample of `boot`
+    /// through it is in the agent's store, and no ack went beyond it.
+    fn saved_watermark(&self, boot: u32) -> u32 {
+        let path = watermark::path(&self.agent.store(), INSTRUMENT);
+        let marks = watermark::load(&path)
+            .unwrap()
+            .expect("node watermarks saved");
+        let mark = marks[NODE_ID];
+        assert_eq!(mark.boot, boot, "{mark:?}");
+        mark.through
     }
 
     /// Waits until `done` holds for the node records.
@@ -78,9 +140,12 @@ impl Setup {
             }
             assert!(
                 start.elapsed() < WAIT,
-                "{what}: not within {WAIT:?}; {} node records; the log:\n{}",
+                "{what}: not within {WAIT:?}; {} node records; the log:\n{}{}",
                 records.len(),
-                self.agent.log()
+                self.agent.log(),
+                self.platform
+                    .as_ref()
+                    .map_or_else(String::new, Platform::log)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -94,11 +159,81 @@ impl Setup {
     }
 }
 
+/// The reference platform: mosquitto and `kouan receive` on it.
+struct Platform {
+    // Declared first, so the receiver goes before its broker.
+    receiver: Child,
+    _broker: Broker,
+    dir: PathBuf,
+}
+
+impl Platform {
+    /// Starts `kouan receive` in `dir` (agents' keys in `dir/agents`) and
+    /// returns once it is connected.
+    fn start(dir: &Path, broker: Broker, platform_key: &Path) -> Platform {
+        let tls = broker.client(PLATFORM);
+        let file = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).unwrap());
+        let receiver = kouan()
+            .args(["receive", "--host", "localhost"])
+            .args(["--port", &broker.port().to_string()])
+            .args(["--ca", path_str(broker.ca())])
+            .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
+            .args(["--keys-dir", path_str(&dir.join("agents"))])
+            .args(["--platform-key", path_str(platform_key)])
+            .args(["--store", path_str(&dir.join("received.db"))])
+            .stdout(file("events"))
+            .stderr(file("receiver.log"))
+            .spawn()
+            .unwrap();
+        let platform = Platform {
+            receiver,
+            _broker: broker,
+            dir: dir.to_owned(),
+        };
+        let start = Instant::now();
+        while !platform.log().contains("receiver connected") {
+            assert!(start.elapsed() < WAIT, "the receiver never connected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        platform
+    }
+
+    /// The receiver's event lines so far.
+    fn events(&self) -> Vec<String> {
+        let events = std::fs::read_to_string(self.dir.join("events")).unwrap_or_default();
+        events.lines().map(str::to_owned).collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("receiver.log")).unwrap_or_default()
+    }
+
+    /// The agent's records the receiver accepted, each verified with
+    /// `key`, in chain order.
+    fn received(&self, key: &Path) -> Vec<Payload> {
+        let key = PublicKey::load(key).unwrap();
+        let kept = kouan_agent::receive::kept(&self.dir.join("received.db"), AGENT).unwrap();
+        kept.iter()
+            .map(|bytes| {
+                let verified = kouan_agent::record::verify(bytes, std::slice::from_ref(&key));
+                verified.expect("every accepted record verifies").payload
+            })
+            .collect()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.receiver.kill();
+        let _ = self.receiver.wait();
+    }
+}
+
 fn instrument_toml(pty: &Path) -> String {
     format!(
         "[[instrument]]\nid = \"{INSTRUMENT}\"\ndriver = \"node\"\nport = \"{}\"\n\
          hazard = \"environmental\"\n\n[instrument.serial]\nbaud = 115200\n\n\
-         [instrument.node]\nnode_id = \"qemu-node\"\n",
+         [instrument.node]\nnode_id = \"{NODE_ID}\"\n",
         pty.display()
     )
 }
@@ -171,7 +306,7 @@ fn samples_are_stored_as_signed_readings_numbered_from_one() {
     assert_eq!(fields.sensor, Some(ALARM));
     assert_eq!(number(first), ("alarm_output".into(), 0.0, None));
     for (payload, fields) in &samples {
-        assert_eq!((fields.id.as_str(), fields.boot), ("qemu-node", boot));
+        assert_eq!((fields.id.as_str(), fields.boot), (NODE_ID, boot));
         let body = reading(payload);
         assert_eq!(body.hazard.as_deref(), Some("environmental"));
         // The raw bytes are the sample's frame as the node sent it.
@@ -268,17 +403,50 @@ impl Listener {
     }
 }
 
-#[test]
-fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
-    let mut setup = Setup::start();
+/// What pulling the link longer than the node's buffer lasts left.
+struct Outage {
+    boot: u32,
+    /// The last sample the node's buffer kept.
+    last_kept: u32,
+    /// The drops the node reported while the link was pulled.
+    reported: u32,
+    /// The node records once the agent is back and 20 samples past the
+    /// buffer are in.
+    records: Vec<(Payload, NodeFields)>,
+}
+
+/// Lets the node stream, kills the agent, stands in for it until the
+/// node drops samples ([`outlast_the_buffer`]), restarts it and waits
+/// until samples past the gap are in.
+fn pull_the_link(setup: &mut Setup) -> Outage {
     let boot = setup.node.first_boot();
     setup.wait_for_samples(boot, 5);
 
-    // The agent goes away. Its last ack may lag what it stored; acking
-    // what is stored (and no more) pins where the node's buffer starts.
+    // The agent goes away. Its last ack may lag what it stored, and a
+    // platform's copy lag that; its saved watermark is in the store and
+    // no ack went beyond it.
     setup.agent.kill();
-    let stored = stored_through(&setup.node_records(), boot);
-    let mut link = Listener::open(setup.node.pty());
+    let stored = setup.saved_watermark(boot);
+    let (last_kept, reported) = outlast_the_buffer(&setup.node, boot, stored);
+
+    // The agent is back: it stores what the node kept, the drops, and
+    // what follows the gap.
+    setup.agent.restart();
+    let records = setup.wait_for_samples(boot, last_kept + 20);
+    Outage {
+        boot,
+        last_kept,
+        reported,
+        records,
+    }
+}
+
+/// With the agent down, takes its place on the node's pty until the
+/// node's buffer is full and it drops samples. Acking `stored`, which
+/// the agent stored, and no more pins where the buffer starts. Returns
+/// the last sample the buffer kept and the drops the node reported.
+fn outlast_the_buffer(node: &Node, boot: u32, stored: u32) -> (u32, u32) {
+    let mut link = Listener::open(node.pty());
     link.send(&AgentMsg::Ack {
         boot,
         through: stored,
@@ -299,25 +467,24 @@ fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
 
     // The buffer holds stored+1 to stored+128; then the node drops.
     let last_kept = stored + CAPACITY;
-    let (mut dropping, mut seen_last) = (false, false);
+    let (mut dropped, mut seen_last) = (0, false);
     link.until(|msg| {
         match msg {
-            NodeMsg::Status(status) if status.dropped > 0 => dropping = true,
+            NodeMsg::Status(status) => dropped = dropped.max(status.dropped),
             NodeMsg::Sample(sample) => {
                 assert!(sample.seq <= last_kept, "{sample:?} beyond the buffer");
                 seen_last |= sample.seq == last_kept;
             }
             _ => {}
         }
-        (dropping && seen_last).then_some(())
+        (dropped > 0 && seen_last).then_some(())
     });
-    drop(link);
+    (last_kept, dropped)
+}
 
-    // The agent is back: it stores what the node kept, the drops, and
-    // what follows the gap.
-    setup.agent.restart();
-    let records = setup.wait_for_samples(boot, last_kept + 20);
-
+/// The drop records among `records`, after checking them: the first gap
+/// lies after `last_kept`, and each counts from the one before.
+fn checked_drops(records: &[(Payload, NodeFields)], boot: u32, last_kept: u32) -> Vec<&NodeFields> {
     // At the fastest rates the node fills its buffer again faster than
     // go-back-N empties it, so the first gap may be followed by more: each
     // is one record, counted from the previous one.
@@ -338,6 +505,20 @@ fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
         assert!(gap.before > Some(before), "{drops:?}");
         (total, before) = (gap_total, gap.before.unwrap());
     }
+    drops
+}
+
+#[test]
+fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
+    let mut setup = Setup::start();
+    let Outage {
+        boot,
+        last_kept,
+        records,
+        ..
+    } = pull_the_link(&mut setup);
+
+    checked_drops(&records, boot, last_kept);
     let (payload, first) = records.iter().find(|(_, n)| n.dropped.is_some()).unwrap();
     let (name, value, unit) = number(payload);
     assert_eq!(
@@ -353,9 +534,60 @@ fn link_pulled_longer_than_the_buffer_lasts_records_the_drops() {
 }
 
 #[test]
+fn link_pulled_longer_than_the_buffer_lasts_reaches_the_platform_as_a_node_gap() {
+    let mut setup = Setup::start_with_platform();
+    // The records are those the receiver accepted.
+    let Outage {
+        boot,
+        last_kept,
+        reported,
+        records,
+    } = pull_the_link(&mut setup);
+
+    let drops = checked_drops(&records, boot, last_kept);
+    let first = drops[0].dropped.unwrap();
+    assert!(first >= reported, "{drops:?}, the node reported {reported}");
+    // The event lines are printed as records are accepted, before they are
+    // durable, so every drop record read back has its line by now.
+    let platform = setup.platform.as_ref().unwrap();
+    let events = platform.events();
+    for gap in &drops {
+        let line = format!(
+            "node-gap {AGENT} {INSTRUMENT} node={NODE_ID} boot={boot} dropped={} total={} \
+             before={}",
+            gap.dropped.unwrap(),
+            gap.dropped_total.unwrap(),
+            gap.before.unwrap()
+        );
+        let printed = events.iter().filter(|e| **e == line).count();
+        assert_eq!(printed, 1, "{line:?} in:\n{}", events.join("\n"));
+    }
+    assert!(
+        platform
+            .log()
+            .contains("a sensor node lost samples while its buffer was full"),
+        "{}",
+        platform.log()
+    );
+
+    // Each record accepted once, and every sample of the boot among them
+    // once: the drops left no hole in the numbers.
+    let prefix = format!("accepted {AGENT} ");
+    let accepted: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
+        .collect();
+    for (payload, _) in &records {
+        let times = accepted.iter().filter(|seq| **seq == payload.seq).count();
+        assert_eq!(times, 1, "record {} accepted {times} times", payload.seq);
+    }
+    assert_each_once(&records, boot);
+}
+
+#[test]
 fn an_alert_switches_the_node_alarm_output_on_and_the_node_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start(dir.path());
+    let node = Node::start(dir.path());
     // Every temperature crosses this limit: the first one raises an alert.
     let limit = format!(
         "{}\n[[limit]]\nname = \"temperature\"\nabove = -100.0\nrisk = 2\n\
@@ -363,13 +595,7 @@ fn an_alert_switches_the_node_alarm_output_on_and_the_node_reports_it() {
         instrument_toml(node.pty())
     );
     let agent = Agent::start(dir.path(), &limit);
-    agent.wait_for_log("instrument attached", 1, WAIT);
-    node.resume();
-    let setup = Setup {
-        agent,
-        node,
-        _dir: dir,
-    };
+    let setup = Setup::run(dir, node, agent, None);
 
     let is_alarm_on =
         |(p, n): &(Payload, NodeFields)| n.sensor == Some(ALARM) && number(p).1 == 2.0;
