@@ -78,9 +78,12 @@ fn main() -> anyhow::Result<()> {
     let seed_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
+    // Started means its instrument attached, after the orders were loaded.
     let mut loaded = Agent::start(&loaded_dir, &platform_pub)?;
-    let loaded_line = loaded.wait_line("active control orders loaded", Duration::from_secs(300))?;
     let startup_secs = started.elapsed().as_secs_f64();
+    let loaded_line = loaded
+        .seen("active control orders loaded")
+        .context("the loaded agent did not log its orders")?;
     ensure!(
         loaded_line.contains(&format!("orders={ORDERS}")),
         "not all orders were loaded: {loaded_line}"
@@ -170,6 +173,8 @@ fn seed_orders(store: &Path, platform_key: &Path, platform_pub: &Path) -> anyhow
 struct Agent {
     child: Child,
     lines: mpsc::Receiver<(Instant, String)>,
+    /// Lines read so far that no wait was for.
+    history: Vec<String>,
     scanner: VirtualPort,
     _dir: PathBuf,
 }
@@ -213,15 +218,17 @@ impl Agent {
         let mut agent = Agent {
             child,
             lines,
+            history: Vec::new(),
             scanner,
             _dir: dir.to_owned(),
         };
-        agent.wait_line("instrument attached", Duration::from_secs(300))?;
+        agent.wait_for("instrument attached", Duration::from_secs(300))?;
         Ok(agent)
     }
 
-    fn wait_line(&mut self, needle: &str, wait: Duration) -> anyhow::Result<String> {
-        Ok(self.wait_for(needle, wait)?.1)
+    /// A line read while waiting for another one.
+    fn seen(&self, needle: &str) -> Option<String> {
+        self.history.iter().find(|l| l.contains(needle)).cloned()
     }
 
     fn wait_for(&mut self, needle: &str, wait: Duration) -> anyhow::Result<(Instant, String)> {
@@ -230,8 +237,15 @@ impl Agent {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) if line.contains(needle) => return Ok((at, line)),
-                Ok(_) => {}
-                Err(_) => bail!("no log line with {needle:?} within {wait:?}"),
+                Ok((_, line)) => self.history.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "no log line with {needle:?} within {wait:?}; the log so far:\n{}",
+                    self.history.join("\n")
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "the agent exited before a log line with {needle:?}; its log:\n{}",
+                    self.history.join("\n")
+                ),
             }
         }
     }
