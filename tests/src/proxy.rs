@@ -9,7 +9,10 @@
 //!   when a link drops; new connections are forwarded again right away;
 //! - [`Proxy::pause`] stops forwarding bytes while keeping the connections
 //!   open, as when a link stalls without a reset; [`Proxy::resume`] lets
-//!   the held bytes through.
+//!   the held bytes through;
+//! - [`Proxy::unplug`] cuts every connection and closes new ones at once,
+//!   as when the broker is unreachable from the client's side while it
+//!   still serves others; [`Proxy::plug`] forwards again.
 //!
 //! Plain threads keep it independent of the runtime a test uses: one
 //! accepting, two per connection. Dropping the proxy closes everything.
@@ -43,6 +46,8 @@ pub struct Proxy {
 struct Shared {
     upstream: SocketAddr,
     stopped: AtomicBool,
+    /// New connections are closed at once (see [`Proxy::unplug`]).
+    unplugged: AtomicBool,
     accepted: AtomicUsize,
     next_id: AtomicU64,
     /// Both sockets of each live connection, so `cut` can close them
@@ -81,6 +86,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             stopped: AtomicBool::new(false),
+            unplugged: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
@@ -141,6 +147,18 @@ impl Proxy {
         *self.shared.paused_flag() = false;
         self.shared.resumed.notify_all();
     }
+
+    /// Cuts every connection and closes new ones as soon as they are
+    /// accepted, until [`Proxy::plug`]: the broker is gone for the client.
+    pub fn unplug(&self) {
+        self.shared.unplugged.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// Forwards new connections again after [`Proxy::unplug`].
+    pub fn plug(&self) {
+        self.shared.unplugged.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
@@ -196,6 +214,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             continue;
         };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
+        if shared.unplugged.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
 
         // An upstream that is down refuses the client the same way, by
         // closing its connection.

@@ -1,8 +1,10 @@
 //! Rapid response end to end: the reference platform publishes a signed
-//! control order through mosquitto (TLS, ACL), the agent loses its broker,
+//! control order through mosquitto (TLS, ACL), the agent loses its broker
+//! (a proxy between them refuses it, while the platform stays connected),
 //! a matching scan on a virtual serial port raises the local alarm and a
-//! signed alert offline, and when the broker returns the alert reaches the
-//! platform ahead of the older backlog.
+//! signed alert offline, the point's sensor node (the emulated board under
+//! QEMU) switches its alarm output on and reports it, and when the broker
+//! returns the alert reaches the platform ahead of the older backlog.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,9 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kouan_tests::agent;
 use kouan_tests::broker::{Broker, BrokerOptions, find_tool};
 use kouan_tests::pki::{AGENT, PLATFORM};
+use kouan_tests::proxy::Proxy;
 use kouan_tests::pty::VirtualPort;
+use kouan_tests::qemu::Node;
 use kouan_tests::{keygen, kouan, path_str, run, text};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -24,13 +29,17 @@ struct Site {
     agent: Option<Child>,
     receiver: Option<Child>,
     scanner: VirtualPort,
+    proxy: Proxy,
+    /// The point's sensor node: the emulated board under QEMU, halted
+    /// until the agent has its pty open.
+    node: Node,
 }
 
 impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p);
-        for d in ["broker", "agent", "platform", "agents", "orders"] {
+        for d in ["broker", "agent", "platform", "agents", "orders", "node"] {
             std::fs::create_dir_all(path(d)).unwrap();
         }
         let options = BrokerOptions {
@@ -46,9 +55,13 @@ impl Site {
         let (platform_key, platform_pub) = keygen(&path("platform"), "ed25519");
         std::fs::copy(&agent_pub, path("agents").join(format!("{AGENT}.pub"))).unwrap();
         let scanner = VirtualPort::create(&path("scanner"));
+        let node = Node::start(&path("node"));
+        // The agent reaches the broker through a proxy, so that it can lose
+        // the broker while the platform keeps its connection.
+        let proxy = Proxy::start(broker.addr());
         let config = kouan_tests::agent_config(
             &broker,
-            broker.port(),
+            proxy.port(),
             &agent_key,
             &path("agent/kouan.db"),
             &platform_pub,
@@ -57,10 +70,13 @@ impl Site {
         );
         let config = format!(
             "{config}\n[rapid]\ncommand = [\"sh\", \"-c\", \"ls -l /proc/$$/fd > {fds}; echo $KOUAN_ALERT_ACTION $KOUAN_ALERT_SUBJECT >> {gate}\"]\n\n\
-             [[instrument]]\nid = \"scanner-1\"\ndriver = \"scanner\"\nport = \"{port}\"\n",
+             [[instrument]]\nid = \"scanner-1\"\ndriver = \"scanner\"\nport = \"{port}\"\n\n\
+             [[instrument]]\nid = \"node-1\"\ndriver = \"node\"\nport = \"{node}\"\n\
+             [instrument.serial]\nbaud = 115200\n[instrument.node]\nnode_id = \"qemu-node\"\n",
             gate = path_str(&path("gate.log")),
             fds = path_str(&path("command-fds.log")),
             port = path_str(scanner.path()),
+            node = path_str(node.pty()),
         );
         std::fs::write(path("agent/kouan.toml"), config).unwrap();
         Site {
@@ -70,6 +86,8 @@ impl Site {
             agent: None,
             receiver: None,
             scanner,
+            proxy,
+            node,
         }
     }
 
@@ -225,8 +243,13 @@ fn order_matched_offline_raises_the_alarm_and_the_alert_overtakes_the_backlog() 
     site.start_receiver();
     site.start_agent();
     site.wait(
-        |s| s.agent_log().contains("instrument attached"),
-        "scanner attached",
+        |s| s.agent_log().matches("instrument attached").count() == 2,
+        "scanner and node attached",
+    );
+    site.node.resume();
+    site.wait(
+        |s| s.agent_log().contains("node said hello"),
+        "the node's hello",
     );
     site.order("rw-42", ORDER);
     site.wait(
@@ -239,8 +262,8 @@ fn order_matched_offline_raises_the_alarm_and_the_alert_overtakes_the_backlog() 
             .any(|e| e.starts_with("order-published RW-2026-0042"))
     );
 
-    // The broker dies; scans go on at the point.
-    site.broker.kill();
+    // The agent loses its broker; scans go on at the point.
+    site.proxy.unplug();
     site.wait(
         |s| s.agent_log().contains("uplink disconnected"),
         "the agent notices",
@@ -276,15 +299,27 @@ fn order_matched_offline_raises_the_alarm_and_the_alert_overtakes_the_backlog() 
         listed.contains("RW-2026-0042") && listed.contains("hold"),
         "{listed}"
     );
-    let status = kouan_tests::agent::status_json(&site.path("agent/kouan.sock"));
+    // The alarm reaches the point's node, still offline, and the node
+    // reports its output on at the order's risk level.
+    let status = agent::wait_for_status(&site.path("agent/kouan.sock"), PATIENCE, |s| {
+        s["instruments"][1]["node"]["alarm"] == 1
+    });
+    assert_eq!(status["uplink"]["connected"], false, "{status:#}");
+    assert_eq!(status["instruments"][1]["id"], "node-1", "{status:#}");
+    assert!(
+        site.agent_log()
+            .contains("alert: switching the node's alarm output on")
+    );
+    let status = agent::status_json(&site.path("agent/kouan.sock"));
     assert_eq!(status["active_orders"], 1, "{status:#}");
     assert_eq!(status["alerts"][0]["source"], "RW-2026-0042", "{status:#}");
     assert_eq!(status["alerts"][0]["action"], "hold", "{status:#}");
-    let shown = kouan_tests::agent::status_text(&site.path("agent/kouan.sock"));
+    let shown = agent::status_text(&site.path("agent/kouan.sock"));
     assert!(shown.contains("ALERT 1     risk 1 HOLD"), "{shown}");
 
-    // The broker returns: the alert arrives before the older backlog.
-    site.broker.restart();
+    // The broker is back for the agent: the alert arrives before the
+    // older backlog.
+    site.proxy.plug();
     site.wait(
         |s| {
             accepted(&s.events())
