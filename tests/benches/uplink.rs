@@ -321,18 +321,12 @@ impl Site {
     /// `kouan receive` with a new database in `dir`; returns once it has
     /// connected, with a thread following its stdout.
     fn start_receiver(&self, dir: &Path) -> anyhow::Result<Receiver> {
-        let tls = self.broker.client(PLATFORM);
         let log = dir.join("receiver.log");
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = kouan()
-            .args(["receive", "--host", "localhost"])
-            .args(["--port", &self.broker.port().to_string()])
-            .args(["--ca", path_str(self.broker.ca())])
-            .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
-            .args(["--keys-dir", path_str(&self.keys_dir)])
-            .args(["--platform-key", path_str(&self.platform_key)])
-            .args(["--store", path_str(&dir.join("received.db"))])
+        let mut child = self
+            .broker
+            .receiver(&self.keys_dir, &self.platform_key, &dir.join("received.db"))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -214,6 +214,25 @@ impl Broker {
         self.pki.client(username)
     }
 
+    /// `kouan receive` as the platform on this broker (TLS with the
+    /// platform's certificate), verifying with the agents' keys in
+    /// `keys_dir`, signing with `platform_key`, keeping records in
+    /// `store`; the caller adds its options and where the output goes.
+    pub fn receiver(&self, keys_dir: &Path, platform_key: &Path, store: &Path) -> Command {
+        let tls = self.client(PLATFORM);
+        let mut command = crate::kouan();
+        command
+            .args(["receive", "--host", "localhost"])
+            .args(["--port", &self.port().to_string()])
+            .args(["--ca", crate::path_str(self.ca())])
+            .args(["--cert", crate::path_str(&tls.cert)])
+            .args(["--key", crate::path_str(&tls.key)])
+            .args(["--keys-dir", crate::path_str(keys_dir)])
+            .args(["--platform-key", crate::path_str(platform_key)])
+            .args(["--store", crate::path_str(store)]);
+        command
+    }
+
     /// The directory holding the config, ACL, certificates and log.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -31,9 +31,9 @@ use kouan_firmware::station::{ALARM, COUNT_RATE, DOSE_RATE, GAS, HUMIDITY, TEMPE
 use kouan_protocol::{AgentMsg, Command, Decoder, NodeMsg, Outcome, frame};
 use kouan_tests::agent::{Agent, reading};
 use kouan_tests::broker::{Broker, BrokerOptions};
-use kouan_tests::pki::{AGENT, PLATFORM};
+use kouan_tests::pki::AGENT;
 use kouan_tests::qemu::Node;
-use kouan_tests::{keygen, kouan, path_str};
+use kouan_tests::keygen;
 
 /// Longest wait for one expected state: far beyond the node's 60 s status
 /// period and the agent's reconnect backoff.
@@ -171,16 +171,9 @@ impl Platform {
     /// Starts `kouan receive` in `dir` (agents' keys in `dir/agents`) and
     /// returns once it is connected.
     fn start(dir: &Path, broker: Broker, platform_key: &Path) -> Platform {
-        let tls = broker.client(PLATFORM);
         let file = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).unwrap());
-        let receiver = kouan()
-            .args(["receive", "--host", "localhost"])
-            .args(["--port", &broker.port().to_string()])
-            .args(["--ca", path_str(broker.ca())])
-            .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
-            .args(["--keys-dir", path_str(&dir.join("agents"))])
-            .args(["--platform-key", path_str(platform_key)])
-            .args(["--store", path_str(&dir.join("received.db"))])
+        let receiver = broker
+            .receiver(&dir.join("agents"), platform_key, &dir.join("received.db"))
             .stdout(file("events"))
             .stderr(file("receiver.log"))
             .spawn()

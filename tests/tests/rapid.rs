@@ -96,15 +96,13 @@ impl Site {
     }
 
     fn start_receiver(&mut self) {
-        let tls = self.broker.client(PLATFORM);
-        let child = kouan()
-            .args(["receive", "--host", "localhost"])
-            .args(["--port", &self.broker.port().to_string()])
-            .args(["--ca", path_str(self.broker.ca())])
-            .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
-            .args(["--keys-dir", path_str(&self.path("agents"))])
-            .args(["--platform-key", path_str(&self.platform_key)])
-            .args(["--store", path_str(&self.path("received.db"))])
+        let child = self
+            .broker
+            .receiver(
+                &self.path("agents"),
+                &self.platform_key,
+                &self.path("received.db"),
+            )
             .args(["--orders", path_str(&self.path("orders"))])
             .stdout(Stdio::from(
                 std::fs::File::create(self.path("receiver.out")).unwrap(),

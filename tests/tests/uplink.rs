@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kouan_tests::broker::{Broker, BrokerOptions, find_tool};
-use kouan_tests::pki::{AGENT, OTHER_AGENT, PLATFORM};
+use kouan_tests::pki::{AGENT, OTHER_AGENT};
 use kouan_tests::proxy::Proxy;
 use kouan_tests::{keygen, kouan, path_str, run, text};
 
@@ -104,20 +104,18 @@ impl Site {
     }
 
     fn start_receiver(&mut self) {
-        let tls = self.broker.client(PLATFORM);
         self.receiver_runs += 1;
         let out = std::fs::File::create(self.path(&format!("receiver-{}.out", self.receiver_runs)))
             .unwrap();
         let log = std::fs::File::create(self.path(&format!("receiver-{}.log", self.receiver_runs)))
             .unwrap();
-        let port = self.broker.port().to_string();
-        let child = kouan()
-            .args(["receive", "--host", "localhost", "--port", &port])
-            .args(["--ca", path_str(self.broker.ca())])
-            .args(["--cert", path_str(&tls.cert), "--key", path_str(&tls.key)])
-            .args(["--keys-dir", path_str(&self.keys_dir)])
-            .args(["--platform-key", path_str(&self.platform_key)])
-            .args(["--store", path_str(&self.path("received.db"))])
+        let child = self
+            .broker
+            .receiver(
+                &self.keys_dir,
+                &self.platform_key,
+                &self.path("received.db"),
+            )
             .args(["--replay-after-ms", &self.replay_after_ms.to_string()])
             .args(&self.receiver_args)
             .stdout(Stdio::from(out))
