@@ -31,9 +31,9 @@ use kouan_firmware::station::{ALARM, COUNT_RATE, DOSE_RATE, GAS, HUMIDITY, TEMPE
 use kouan_protocol::{AgentMsg, Command, Decoder, NodeMsg, Outcome, frame};
 use kouan_tests::agent::{Agent, reading};
 use kouan_tests::broker::{Broker, BrokerOptions};
+use kouan_tests::keygen;
 use kouan_tests::pki::AGENT;
 use kouan_tests::qemu::Node;
-use kouan_tests::keygen;
 
 /// Longest wait for one expected state: far beyond the node's 60 s status
 /// period and the agent's reconnect backoff.
