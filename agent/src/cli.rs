@@ -320,7 +320,20 @@ fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
 
 fn keygen(out: &Path, alg: Algorithm) -> anyhow::Result<()> {
     let pkcs8 = keys::generate(alg)?;
-    keys::write_private_key(out, &pkcs8)?;
+    keys::write_private_key(out, &pkcs8).map_err(|error| match &error {
+        keys::KeyError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            let dir = out.parent().filter(|dir| !dir.as_os_str().is_empty());
+            anyhow::anyhow!(
+                "{error}; this user cannot create files in {}: make the key as the user the \
+                 agent runs as, in a directory it owns (the package makes /etc/kouan/keys for \
+                 the kouan user: `sudo -u kouan kouan keygen --out /etc/kouan/keys/agent.key`)",
+                dir.unwrap_or(Path::new(".")).display()
+            )
+        }
+        _ => error.into(),
+    })?;
     let key = SigningKey::from_pkcs8(&pkcs8)
         .map_err(|reason| anyhow::anyhow!("reading back the new key: {reason}"))?;
     eprintln!("wrote {alg} private key to {} (mode 0600)", out.display());

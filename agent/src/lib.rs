@@ -54,3 +54,58 @@ pub mod uplink;
 pub mod verify;
 pub mod wedge;
 pub mod writer;
+
+/// An error and its causes on one line, for a person to read.
+///
+/// Most of kouan's error types already end their message with their
+/// cause's text (so a log line is complete on its own) and also return it
+/// as their `source`; printing the whole chain would then say the cause
+/// twice ("creating key file K: Permission denied (os error 13): Permission
+/// denied (os error 13)"). A cause already said by the message before it is
+/// left out.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut said = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !said.is_empty() && said.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+        said = message;
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("creating key file k: {source}")]
+    struct Creating {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_already_gives_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let cause = io.to_string();
+        let error = anyhow::Error::new(Creating { source: io }).context("making the key");
+        assert_eq!(
+            error_text(&error),
+            format!("making the key: creating key file k: {cause}")
+        );
+    }
+
+    #[test]
+    fn contexts_that_do_not_repeat_their_cause_are_all_said() {
+        let error = anyhow::anyhow!("disk full")
+            .context("writing the store")
+            .context("run");
+        assert_eq!(error_text(&error), "run: writing the store: disk full");
+    }
+}

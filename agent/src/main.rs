@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(error) => {
             // The chain of contexts names what failed and where; print all of it.
-            eprintln!("kouan: {error:#}");
+            eprintln!("kouan: {}", kouan_agent::error_text(&error));
             std::process::ExitCode::FAILURE
         }
     }

@@ -347,7 +347,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<bool> {
     stops.push(broker.stop(Duration::from_secs(5)).await.or(Ok(())));
     for stopped in stops {
         if let Err(error) = stopped {
-            eprintln!("kouan demo: {error:#}");
+            eprintln!("kouan demo: {}", crate::error_text(&error));
         }
     }
 
