@@ -46,6 +46,7 @@ pub mod receive;
 pub mod record;
 pub mod run;
 pub mod scan;
+pub mod statefile;
 pub mod status;
 pub mod store;
 pub mod systemd;

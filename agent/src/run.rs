@@ -88,10 +88,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         }
     };
     let acknowledgements = tokio::spawn(rapid.clone().serve_acknowledgements(shutdown.clone()));
+    let continuing = matches!(opened, Opened::Existing);
     let instruments = crate::instrument::spawn(
         &config.instruments,
         &writer,
-        &config.store.path,
+        (&config.store.path, continuing),
         Some(&rapid),
         &shutdown,
     );

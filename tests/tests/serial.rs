@@ -189,15 +189,11 @@ fn csv_instrument_columns_become_named_values_with_the_sample() {
     assert_eq!(stopped_counter(&agent, "icp-1", "errors"), 1);
 }
 
-#[test]
-fn serial_scanner_gs1_scans_are_stored_flagged_and_traced_to_readings() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut scanner = VirtualPort::create(&dir.path().join("scanner"));
-    let mut balance = VirtualPort::create(&dir.path().join("balance"));
-    let mut agent = Agent::start(
-        dir.path(),
-        &format!(
-            r#"[[instrument]]
+/// A serial scanner whose scans trace the readings of an MT-SICS balance
+/// for ten minutes.
+fn scanner_and_balance(scanner: &VirtualPort, balance: &VirtualPort) -> String {
+    format!(
+        r#"[[instrument]]
 id = "scanner-1"
 driver = "scanner"
 port = "{scanner}"
@@ -213,10 +209,17 @@ port = "{balance}"
 [instrument.line]
 profile = "mt-sics"
 "#,
-            scanner = path_str(scanner.path()),
-            balance = path_str(balance.path()),
-        ),
-    );
+        scanner = path_str(scanner.path()),
+        balance = path_str(balance.path()),
+    )
+}
+
+#[test]
+fn serial_scanner_gs1_scans_are_stored_flagged_and_traced_to_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scanner = VirtualPort::create(&dir.path().join("scanner"));
+    let mut balance = VirtualPort::create(&dir.path().join("balance"));
+    let mut agent = Agent::start(dir.path(), &scanner_and_balance(&scanner, &balance));
     agent.wait_for_log("instrument attached", 2, WAIT);
 
     // A reading before any scan is traced to nothing.
@@ -280,6 +283,57 @@ profile = "mt-sics"
     let third = agent::reading(&readings[2]);
     assert_eq!(third.sample.as_deref(), Some("LAB-2026-0042"));
     assert_eq!(third.scan.expect("traced").seq, label[4].seq);
+}
+
+#[test]
+fn a_scan_still_traces_readings_after_the_agent_is_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scanner = VirtualPort::create(&dir.path().join("scanner"));
+    let mut balance = VirtualPort::create(&dir.path().join("balance"));
+    let mut agent = Agent::start(dir.path(), &scanner_and_balance(&scanner, &balance));
+    agent.wait_for_log("instrument attached", 2, WAIT);
+
+    scanner.send(b"]C10109521234543213172502001012A\x1d3103000123\r");
+    let scan = agent.wait_for_records(Kind::Scan, "scanner-1", 1, WAIT);
+    // The trace is on disk once the scan's file names its seq; then the
+    // power goes.
+    let file = dir.path().join("kouan.db.trace.toml");
+    let seq_line = format!("seq = {}", scan[0].seq);
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&file).is_ok_and(|t| t.contains(&seq_line)) {
+        assert!(
+            start.elapsed() < WAIT,
+            "no {seq_line} in {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill();
+    std::thread::sleep(Duration::from_millis(300));
+
+    agent.restart();
+    agent.wait_for_log("still trace readings within their windows", 1, WAIT);
+    agent.wait_for_log("instrument attached", 4, WAIT);
+    balance.send(b"S S      42.00 g\r\n");
+    let readings = agent.wait_for_records(Kind::Reading, "balance-1", 1, WAIT);
+    agent.stop();
+    let reading = agent::reading(&readings[0]);
+    let traced = reading
+        .scan
+        .expect("the reading after the restart is traced to the scan");
+    assert_eq!(
+        (traced.instrument.as_str(), traced.seq, traced.code.as_str()),
+        (
+            "scanner-1",
+            scan[0].seq,
+            "(01)09521234543213(17)250200(10)12A(3103)000123"
+        )
+    );
+    assert!(
+        traced.age_ms >= 300,
+        "the age counts the time the agent was down: {traced:?}"
+    );
+    assert_eq!(reading.sample.as_deref(), Some("12A"));
 }
 
 #[test]

@@ -25,21 +25,22 @@ pub mod line;
 pub mod port;
 pub mod scanner;
 pub mod tcp;
+pub mod trace;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::clock::CaptureTime;
-use crate::record::{self, Kind, ReadingBody, ScanLink};
+use crate::record::{self, Kind, ReadingBody};
 use crate::writer::{AppendError, Appended, Entry, Writer};
 
 pub use port::{SerialSettings, supervise};
+pub use trace::Trace;
 
 /// One `[[instrument]]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -248,77 +249,6 @@ impl Counters {
     }
 }
 
-/// The last scan at each instrument linked to a scanner: how readings are
-/// traced to the sample or batch they were taken from.
-///
-/// A plain mutex over a small map: a scan writes one entry per linked
-/// instrument, a reading reads its own; neither holds the lock across an
-/// await.
-#[derive(Debug, Clone, Default)]
-pub struct Trace {
-    scans: Arc<Mutex<HashMap<String, TracedScan>>>,
-}
-
-#[derive(Debug, Clone)]
-struct TracedScan {
-    scanner: String,
-    seq: u64,
-    code: String,
-    sample: Option<String>,
-    at: Instant,
-    window: Duration,
-}
-
-impl Trace {
-    /// Records that `scanner` stored the scan `seq` of `code`; readings at
-    /// `instruments` in the next `window` are traced to it.
-    pub fn scanned(
-        &self,
-        scanner: &str,
-        instruments: &[String],
-        window: Duration,
-        (seq, code, sample): (u64, &str, Option<&str>),
-    ) {
-        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
-        for instrument in instruments {
-            scans.insert(
-                instrument.clone(),
-                TracedScan {
-                    scanner: scanner.to_owned(),
-                    seq,
-                    code: code.to_owned(),
-                    sample: sample.map(str::to_owned),
-                    at: Instant::now(),
-                    window,
-                },
-            );
-        }
-    }
-
-    /// Links `body` to the last scan for `instrument`, if it is within its
-    /// window; the scan's sample id fills `sample` when the instrument sent
-    /// none.
-    pub fn link(&self, instrument: &str, body: &mut ReadingBody) {
-        let scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(scan) = scans.get(instrument) else {
-            return;
-        };
-        let age = scan.at.elapsed();
-        if age > scan.window {
-            return;
-        }
-        body.scan = Some(ScanLink {
-            instrument: scan.scanner.clone(),
-            seq: scan.seq,
-            code: scan.code.clone(),
-            age_ms: age.as_millis().try_into().unwrap_or(u64::MAX),
-        });
-        if body.sample.is_none() {
-            body.sample = scan.sample.clone();
-        }
-    }
-}
-
 /// Why a reading was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreRefused {
@@ -507,15 +437,17 @@ impl ErrorLog {
 }
 
 /// Starts one task per instrument. Each runs until `shutdown` turns true,
-/// then logs its counters.
+/// then logs its counters. `continuing` says whether the store continues
+/// its record stream, so scans made before a restart may still trace
+/// readings ([`Trace::open`]).
 pub fn spawn(
     instruments: &[InstrumentConfig],
     writer: &Writer,
-    store_path: &std::path::Path,
+    (store_path, continuing): (&std::path::Path, bool),
     rapid: Option<&Arc<crate::rapid::Rapid>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<(Arc<Counters>, tokio::task::JoinHandle<()>)> {
-    let trace = Trace::default();
+    let trace = Trace::open(store_path, continuing);
     instruments
         .iter()
         .map(|config| {

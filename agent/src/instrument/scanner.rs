@@ -178,12 +178,15 @@ pub async fn store_scan(
         rapid.after_scan(instrument.id(), &body, appended.seq).await;
     }
     if body.problem.is_none() {
-        instrument.trace.scanned(
-            instrument.id(),
-            &options.instruments,
-            Duration::from_secs(options.window_secs),
-            (appended.seq, &code, Some(&sample)),
-        );
+        instrument
+            .trace
+            .scanned(
+                instrument.id(),
+                &options.instruments,
+                Duration::from_secs(options.window_secs),
+                (appended.seq, &code, Some(&sample)),
+            )
+            .await;
     }
     Ok(())
 }

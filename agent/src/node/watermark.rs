@@ -2,10 +2,9 @@
 //!
 //! Each `node` instrument keeps one small TOML file beside the store,
 //! `<store>.node-<instrument>.toml`, with the [`Mark`] of every node met on
-//! its port. It is replaced atomically (write a temporary file, fsync it,
-//! rename it over the old one, fsync the directory) after the records it
-//! covers are durable and before the node hears the ack, so an ack never
-//! runs ahead of the file.
+//! its port. It is replaced atomically ([`crate::statefile::replace`])
+//! after the records it covers are durable and before the node hears the
+//! ack, so an ack never runs ahead of the file.
 //!
 //! The file may run behind the store: if the agent dies after a record is
 //! durable and before the file is replaced, the store holds a sample the
@@ -14,7 +13,6 @@
 //! mark past the samples they hold, so the retransmission that follows is
 //! recognised as a duplicate.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -63,9 +61,7 @@ const VERSION: u32 = 1;
 
 /// The watermark file of `instrument` beside the store at `store`.
 pub fn path(store: &Path, instrument: &str) -> PathBuf {
-    let mut name = store.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".node-{instrument}.toml"));
-    store.with_file_name(name)
+    crate::statefile::beside(store, &format!("node-{instrument}.toml"))
 }
 
 /// Reads the watermarks; `None` when there is no file yet.
@@ -94,13 +90,6 @@ pub fn load(path: &Path) -> Result<Option<Marks>, WatermarkError> {
 
 /// Replaces the file with `marks`, durably and atomically.
 pub fn save(path: &Path, marks: &Marks) -> Result<(), WatermarkError> {
-    let io = |action: &'static str| {
-        move |source| WatermarkError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
     let file = File {
         version: VERSION,
         nodes: marks.clone(),
@@ -110,15 +99,11 @@ pub fn save(path: &Path, marks: &Marks) -> Result<(), WatermarkError> {
         message: e.to_string(),
     })?;
 
-    let mut temporary = path.as_os_str().to_os_string();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut out = std::fs::File::create(&temporary).map_err(io("creating a temporary file for"))?;
-    out.write_all(text.as_bytes()).map_err(io("writing"))?;
-    out.sync_all().map_err(io("syncing"))?;
-    drop(out);
-    std::fs::rename(&temporary, path).map_err(io("replacing"))?;
-    crate::keys::sync_parent_dir(path).map_err(io("syncing the directory of"))?;
+    crate::statefile::replace(path, text.as_bytes()).map_err(|e| WatermarkError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })?;
     Ok(())
 }
 

@@ -1,0 +1,77 @@
+//! Small state files beside the store, replaced atomically and durably.
+//!
+//! Drivers keep a little state of their own next to the record store (the
+//! node driver's watermarks, the last scans readings are traced to). Each
+//! such file is replaced whole: the new text goes to `<file>.tmp`, which is
+//! fsynced and renamed over the old file, and the directory is fsynced, so
+//! after a crash or a power cut the file holds either the old text or the
+//! new one, never a mix.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// What failed while replacing a state file.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct ReplaceError {
+    /// What was being done.
+    pub action: &'static str,
+    /// The state file.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+/// Replaces `path` with `text`, durably and atomically.
+pub fn replace(path: &Path, text: &[u8]) -> Result<(), ReplaceError> {
+    let io = |action: &'static str| {
+        move |source| ReplaceError {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let mut temporary = path.as_os_str().to_os_string();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut out = std::fs::File::create(&temporary).map_err(io("creating a temporary file for"))?;
+    out.write_all(text).map_err(io("writing"))?;
+    out.sync_all().map_err(io("syncing"))?;
+    drop(out);
+    std::fs::rename(&temporary, path).map_err(io("replacing"))?;
+    crate::keys::sync_parent_dir(path).map_err(io("syncing the directory of"))?;
+    Ok(())
+}
+
+/// `<store>.<suffix>`: the name of a state file beside the store.
+pub fn beside(store: &Path, suffix: &str) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    store.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_leaves_the_new_text_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = beside(&dir.path().join("kouan.db"), "state.toml");
+        assert_eq!(path, dir.path().join("kouan.db.state.toml"));
+        replace(&path, b"one").unwrap();
+        replace(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_directory_that_is_not_there_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("state.toml");
+        let error = replace(&path, b"x").unwrap_err();
+        assert_eq!(error.action, "creating a temporary file for");
+        assert!(error.to_string().contains("state.toml"), "{error}");
+    }
+}
