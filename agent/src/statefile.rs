@@ -43,6 +43,15 @@ pub fn replace(path: &Path, text: &[u8]) -> Result<(), ReplaceError> {
     Ok(())
 }
 
+/// The text of the state file at `path`; `None` when there is none yet.
+pub fn read(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `<store>.<suffix>`: the name of a state file beside the store.
 pub fn beside(store: &Path, suffix: &str) -> PathBuf {
     let mut name = store.file_name().unwrap_or_default().to_os_string();

@@ -273,15 +273,12 @@ fn render(scans: &BTreeMap<String, TracedScan>) -> String {
 /// The traces in the file at `path` that are within their windows at the
 /// wall-clock time `now_ms`; none when there is no file.
 fn load(path: &Path, now_ms: i64) -> Result<BTreeMap<String, TracedScan>, TraceFileError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(source) => {
-            return Err(TraceFileError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let text = crate::statefile::read(path).map_err(|source| TraceFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let Some(text) = text else {
+        return Ok(BTreeMap::new());
     };
     let parse = |message: String| TraceFileError::Parse {
         path: path.to_owned(),

@@ -66,17 +66,12 @@ pub fn path(store: &Path, instrument: &str) -> PathBuf {
 
 /// Reads the watermarks; `None` when there is no file yet.
 pub fn load(path: &Path) -> Result<Option<Marks>, WatermarkError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(WatermarkError::Io {
-                action: "reading",
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
+    let text = crate::statefile::read(path).map_err(|source| WatermarkError::Io {
+        action: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
+    let Some(text) = text else { return Ok(None) };
     let parse = |message: String| WatermarkError::Parse {
         path: path.to_owned(),
         message,
