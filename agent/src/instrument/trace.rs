@@ -30,6 +30,8 @@ use crate::clock::unix_ms;
 use crate::record::{ReadingBody, ScanLink};
 
 /// The traces of all instruments; cheap to clone, one per agent.
+/// [`Trace::open`] keeps them on disk too; `Trace::default()` only in
+/// memory.
 ///
 /// A plain mutex over a small map: a scan writes one entry per linked
 /// instrument, a reading reads its own; neither holds the lock across an
