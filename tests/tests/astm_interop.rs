@@ -279,6 +279,45 @@ fn hl7_result_the_store_refuses_gets_ae() {
     assert_eq!(readings, 0);
 }
 
+/// An analyzer that did not hear `AA` before the agent was killed sends the
+/// message again to the restarted agent: it gets `AA` and the results are
+/// stored once.
+#[test]
+fn hl7_message_resent_after_the_agent_is_killed_is_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut agent = tcp_agent(dir.path(), "bs-restart", port, "hl7", "");
+    let message = b"\x0bMSH|^~\\&|BS-480|Lab1|||20261203101500||ORU^R01|78|P|2.3.1\r\
+        OBR|1|BC-2|1\rOBX|1|NM|GLU||5.6|mmol/L||N|||F\rOBX|2|NM|ALT||31|U/L||N|||F\r\x1c\r";
+    let send = |agent: &Agent| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the agent listens");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(message).unwrap();
+        let reply = read_block(&mut stream);
+        assert!(reply.contains("\rMSA|AA|78"), "{reply:?}\n{}", agent.log());
+    };
+    send(&agent);
+    assert_eq!(readings(&agent, "bs-restart", 2).len(), 2);
+    agent.kill();
+
+    agent.restart();
+    agent.wait_for_log(
+        "remembering the messages stored before the restart",
+        1,
+        WAIT,
+    );
+    agent.wait_for_log("listening for the instrument", 2, WAIT);
+    send(&agent);
+    agent.wait_for_log("already stored", 1, WAIT);
+    agent.stop();
+    let stored = agent
+        .records()
+        .into_iter()
+        .filter(|p| p.kind == Kind::Reading)
+        .count();
+    assert_eq!(stored, 2, "the resend stored nothing");
+}
+
 /// One MLLP block from `stream`, without its framing bytes.
 fn read_block(stream: &mut TcpStream) -> String {
     let mut reply = Vec::new();

@@ -670,6 +670,7 @@ async fn alarm_command_reaches_the_node_which_reports_the_output_state() {
         shutdown,
         rapid: None,
         store_path: store_path.clone(),
+        continuing: true,
     };
     let driver = tokio::spawn(async move { kouan_agent::node::run(&instrument).await });
 

@@ -14,9 +14,20 @@
 //! before it refused the rest; a resend then stores only what is missing.
 //! Keying on the content too keeps an analyzer that restarts its control
 //! ids from having new results taken for resends.
+//!
+//! The memory survives a restart: it is kept in `<store>.hl7-<id>.toml`,
+//! replaced atomically ([`crate::statefile::replace`]) after each message's
+//! readings are durable and before the analyzer hears `AA`, so a message
+//! acknowledged before a crash or a restart is not stored again when the
+//! analyzer resends it. The file is dropped when the store starts a new
+//! record stream: readings of the old one may not reach the platform, so
+//! a resend is stored again (a duplicate rather than a loss).
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -70,6 +81,109 @@ impl Seen {
             }
         }
     }
+
+    /// The file's text: the messages in the order they were first stored.
+    fn render(&self) -> String {
+        let file = SeenFile {
+            version: SEEN_VERSION,
+            messages: self
+                .order
+                .iter()
+                .map(|key| SeenMessage {
+                    control_id: key.control_id.clone(),
+                    digest: hex::encode(key.digest),
+                    readings: self.stored.get(key).copied().unwrap_or(0),
+                })
+                .collect(),
+        };
+        toml::to_string(&file).unwrap_or_else(|e| unreachable!("the file always renders: {e}"))
+    }
+
+    /// The memory kept in `text`, as much of it as `capacity` holds.
+    fn parse(text: &str, capacity: usize) -> Result<Seen, String> {
+        let file: SeenFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.version != SEEN_VERSION {
+            return Err(format!("version {} is not {SEEN_VERSION}", file.version));
+        }
+        let mut seen = Seen::new(capacity);
+        for message in file.messages {
+            let digest = hex::decode(&message.digest)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| format!("digest {:?} is not 64 hex digits", message.digest))?;
+            let key = Key {
+                control_id: message.control_id,
+                digest,
+            };
+            seen.record(key, message.readings);
+        }
+        Ok(seen)
+    }
+}
+
+/// `<store>.hl7-<instrument>.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeenFile {
+    version: u32,
+    #[serde(default, rename = "message")]
+    messages: Vec<SeenMessage>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeenMessage {
+    control_id: String,
+    /// SHA-256 of the message after `MSH`, hex.
+    digest: String,
+    /// Its readings already stored.
+    readings: usize,
+}
+
+const SEEN_VERSION: u32 = 1;
+
+/// The memory of `instrument` from its file when the store continues its
+/// stream; otherwise empty, and the file removed.
+fn remembered(instrument: &Instrument, path: &Path, capacity: usize) -> Seen {
+    if !instrument.continuing {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(
+                instrument = %instrument.id(),
+                path = %path.display(),
+                "the record stream is new: resends of messages stored in the old one are stored again"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot remove the old file of stored messages")
+            }
+        }
+        return Seen::new(capacity);
+    }
+    let loaded = crate::statefile::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| text.map_or(Ok(Seen::new(capacity)), |t| Seen::parse(&t, capacity)));
+    match loaded {
+        Ok(seen) => {
+            if !seen.order.is_empty() {
+                tracing::info!(
+                    instrument = %instrument.id(),
+                    messages = seen.order.len(),
+                    "remembering the messages stored before the restart"
+                );
+            }
+            seen
+        }
+        Err(error) => {
+            tracing::warn!(
+                instrument = %instrument.id(),
+                path = %path.display(),
+                %error,
+                "cannot read the messages stored before the restart: a resend of one is stored \
+                 again; the file is replaced after the next message"
+            );
+            Seen::new(capacity)
+        }
+    }
 }
 
 /// What the sessions of one instrument share.
@@ -79,6 +193,8 @@ struct Setup {
     max_len: usize,
     /// Sessions follow each other on one task; never held across an await.
     seen: Mutex<Seen>,
+    /// Where `seen` is kept.
+    seen_path: PathBuf,
 }
 
 /// Runs the `hl7` driver until the agent stops.
@@ -96,10 +212,15 @@ pub async fn run(instrument: &Instrument) {
         tracing::error!(instrument = %instrument.id(), "the hl7 driver needs listen or connect");
         return;
     };
+    let seen_path = crate::statefile::beside(
+        &instrument.store_path,
+        &format!("hl7-{}.toml", instrument.id()),
+    );
     let setup = Setup {
         encoding,
         max_len: options.max_message_bytes,
-        seen: Mutex::new(Seen::new(options.remember)),
+        seen: Mutex::new(remembered(instrument, &seen_path, options.remember)),
+        seen_path,
     };
     tcp::supervise(instrument, &endpoint, |stream| {
         session(instrument, &setup, stream)
@@ -200,13 +321,13 @@ async fn handle(
     let resume = resume.unwrap_or(0);
     for (i, body) in readings.into_iter().enumerate().skip(resume) {
         if let Err(error) = instrument.try_store_reading(body, time).await {
-            lock(&setup.seen).record(key.clone(), i);
+            remember(instrument, setup, key.clone(), i).await;
             log_refusal(instrument, &key.control_id, &error);
             let reason = format!("not stored, send again later: {error}");
             return reply(Some(&message), AckCode::Error, Some(&reason));
         }
     }
-    lock(&setup.seen).record(key.clone(), total);
+    remember(instrument, setup, key.clone(), total).await;
     tracing::debug!(
         instrument = %instrument.id(),
         control_id = %key.control_id,
@@ -214,6 +335,31 @@ async fn handle(
         "message stored"
     );
     reply(Some(&message), AckCode::Accept, None)
+}
+
+/// Remembers that `count` readings of `key` are durable, in memory and in
+/// the file, before the analyzer hears about it.
+async fn remember(instrument: &Instrument, setup: &Setup, key: Key, count: usize) {
+    let text = {
+        let mut seen = lock(&setup.seen);
+        seen.record(key, count);
+        seen.render()
+    };
+    let path = setup.seen_path.clone();
+    let saved =
+        tokio::task::spawn_blocking(move || crate::statefile::replace(&path, text.as_bytes()))
+            .await;
+    let error = match saved {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    tracing::warn!(
+        instrument = %instrument.id(),
+        %error,
+        "cannot keep the stored messages on disk: after a restart a resend of this one is \
+         stored again; check the store's directory (space, permissions)"
+    );
 }
 
 fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
@@ -284,6 +430,38 @@ mod tests {
         assert_eq!(seen.stored(&key("1")), None);
         assert_eq!(seen.stored(&key("3")), Some(0));
         assert_eq!(seen.order.len(), 2);
+    }
+
+    #[test]
+    fn the_file_brings_back_what_was_stored_in_order_within_the_capacity() {
+        let mut seen = Seen::new(3);
+        seen.record(key("1"), 3);
+        seen.record(key("2"), 1);
+        seen.record(key("3"), 2);
+        let text = seen.render();
+        let back = Seen::parse(&text, 3).unwrap();
+        assert_eq!(back.order, seen.order);
+        assert_eq!(back.stored, seen.stored);
+        let smaller = Seen::parse(&text, 2).unwrap();
+        assert_eq!(smaller.stored(&key("1")), None, "the oldest goes first");
+        assert_eq!(smaller.stored(&key("3")), Some(2));
+    }
+
+    #[test]
+    fn a_damaged_file_says_what_is_wrong() {
+        let bad_digest =
+            "version = 1\n[[message]]\ncontrol_id = \"7\"\ndigest = \"zz\"\nreadings = 1\n";
+        assert!(
+            Seen::parse(bad_digest, 4)
+                .unwrap_err()
+                .contains("64 hex digits")
+        );
+        assert!(
+            Seen::parse("version = 9\n", 4)
+                .unwrap_err()
+                .contains("version 9")
+        );
+        assert!(Seen::parse("version = 1\n[[message]]\n", 4).is_err());
     }
 
     #[test]

@@ -277,8 +277,12 @@ pub struct Instrument {
     /// Orders and limits that readings and scans are matched against.
     pub rapid: Option<Arc<crate::rapid::Rapid>>,
     /// The record store's file: drivers keep small state files beside it
-    /// (the node driver's watermarks).
+    /// (the node driver's watermarks, the HL7 messages stored).
     pub store_path: PathBuf,
+    /// Whether the store continues the record stream of the last run
+    /// (false for a new or a damaged store): state that names records of
+    /// the old stream is then dropped.
+    pub continuing: bool,
 }
 
 impl Instrument {
@@ -459,6 +463,7 @@ pub fn spawn(
                 shutdown: shutdown.clone(),
                 rapid: rapid.cloned(),
                 store_path: store_path.to_owned(),
+                continuing,
             };
             let counters = instrument.counters.clone();
             let task = tokio::spawn(async move {
