@@ -10,6 +10,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+
 /// What failed while replacing a state file.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {path}: {source}")]
@@ -43,11 +45,76 @@ pub fn replace(path: &Path, text: &[u8]) -> Result<(), ReplaceError> {
     Ok(())
 }
 
-/// The text of the state file at `path`; `None` when there is none yet.
-pub fn read(path: &Path) -> std::io::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+/// Why a state file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading it failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// It is not a file of this kind and version.
+    #[error("{path} is not {what}: {message}")]
+    Parse {
+        /// The state file.
+        path: PathBuf,
+        /// What it should have been ("a node watermark file").
+        what: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The TOML state file at `path`, `None` when there is none yet; `what`
+/// names the kind of file in errors. See [`parse`] for `expected` and
+/// `version`.
+pub fn load<T: DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+    expected: u32,
+    version: impl Fn(&T) -> u32,
+) -> Result<Option<T>, LoadError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    parse(&text, expected, version)
+        .map(Some)
+        .map_err(|message| LoadError::Parse {
+            path: path.to_owned(),
+            what,
+            message,
+        })
+}
+
+/// The TOML text of a state file whose `version` (read from the parsed
+/// file) must be `expected`.
+pub fn parse<T: DeserializeOwned>(
+    text: &str,
+    expected: u32,
+    version: impl Fn(&T) -> u32,
+) -> Result<T, String> {
+    let file: T = toml::from_str(text).map_err(|e| e.to_string())?;
+    match version(&file) {
+        v if v == expected => Ok(file),
+        v => Err(format!("version {v} is not {expected}")),
+    }
+}
+
+/// Removes the state file at `path`; `false` when there was none.
+pub fn remove(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -73,6 +140,29 @@ mod tests {
         replace(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+
+    #[test]
+    fn loading_names_the_file_and_its_kind_and_removing_says_whether_there_was_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kouan.db.state.toml");
+        let load = || load(&path, "a state file", 1, |f: &Versioned| f.version);
+        assert!(load().unwrap().is_none(), "no file yet");
+        replace(&path, b"version = 2\n").unwrap();
+        let error = load().unwrap_err().to_string();
+        assert!(
+            error.contains("kouan.db.state.toml is not a state file: version 2 is not 1"),
+            "{error}"
+        );
+        replace(&path, b"version = 1\n").unwrap();
+        assert_eq!(load().unwrap().map(|f| f.version), Some(1));
+        assert!(remove(&path).unwrap());
+        assert!(!remove(&path).unwrap());
     }
 
     #[test]

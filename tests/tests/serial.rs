@@ -189,10 +189,13 @@ fn csv_instrument_columns_become_named_values_with_the_sample() {
     assert_eq!(stopped_counter(&agent, "icp-1", "errors"), 1);
 }
 
-/// A serial scanner whose scans trace the readings of an MT-SICS balance
-/// for ten minutes.
-fn scanner_and_balance(scanner: &VirtualPort, balance: &VirtualPort) -> String {
-    format!(
+/// An agent with a serial scanner whose scans trace the readings of an
+/// MT-SICS balance for ten minutes, both attached.
+fn scanner_and_balance() -> (tempfile::TempDir, VirtualPort, VirtualPort, Agent) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let scanner = VirtualPort::create(&dir.path().join("scanner"));
+    let balance = VirtualPort::create(&dir.path().join("balance"));
+    let config = format!(
         r#"[[instrument]]
 id = "scanner-1"
 driver = "scanner"
@@ -211,16 +214,15 @@ profile = "mt-sics"
 "#,
         scanner = path_str(scanner.path()),
         balance = path_str(balance.path()),
-    )
+    );
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_for_log("instrument attached", 2, WAIT);
+    (dir, scanner, balance, agent)
 }
 
 #[test]
 fn serial_scanner_gs1_scans_are_stored_flagged_and_traced_to_readings() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut scanner = VirtualPort::create(&dir.path().join("scanner"));
-    let mut balance = VirtualPort::create(&dir.path().join("balance"));
-    let mut agent = Agent::start(dir.path(), &scanner_and_balance(&scanner, &balance));
-    agent.wait_for_log("instrument attached", 2, WAIT);
+    let (_dir, mut scanner, mut balance, mut agent) = scanner_and_balance();
 
     // A reading before any scan is traced to nothing.
     balance.send(b"S S      10.00 g\r\n");
@@ -287,11 +289,7 @@ fn serial_scanner_gs1_scans_are_stored_flagged_and_traced_to_readings() {
 
 #[test]
 fn a_scan_still_traces_readings_after_the_agent_is_killed_and_restarted() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut scanner = VirtualPort::create(&dir.path().join("scanner"));
-    let mut balance = VirtualPort::create(&dir.path().join("balance"));
-    let mut agent = Agent::start(dir.path(), &scanner_and_balance(&scanner, &balance));
-    agent.wait_for_log("instrument attached", 2, WAIT);
+    let (dir, mut scanner, mut balance, mut agent) = scanner_and_balance();
 
     scanner.send(b"]C10109521234543213172502001012A\x1d3103000123\r");
     let scan = agent.wait_for_records(Kind::Scan, "scanner-1", 1, WAIT);

@@ -100,11 +100,14 @@ impl Seen {
     }
 
     /// The memory kept in `text`, as much of it as `capacity` holds.
+    #[cfg(test)]
     fn parse(text: &str, capacity: usize) -> Result<Seen, String> {
-        let file: SeenFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        if file.version != SEEN_VERSION {
-            return Err(format!("version {} is not {SEEN_VERSION}", file.version));
-        }
+        let file = crate::statefile::parse(text, SEEN_VERSION, |f: &SeenFile| f.version)?;
+        Seen::from_file(file, capacity)
+    }
+
+    /// The memory kept in `file`, as much of it as `capacity` holds.
+    fn from_file(file: SeenFile, capacity: usize) -> Result<Seen, String> {
         let mut seen = Seen::new(capacity);
         for message in file.messages {
             let digest = hex::decode(&message.digest)
@@ -146,22 +149,23 @@ const SEEN_VERSION: u32 = 1;
 /// stream; otherwise empty, and the file removed.
 fn remembered(instrument: &Instrument, path: &Path, capacity: usize) -> Seen {
     if !instrument.continuing {
-        match std::fs::remove_file(path) {
-            Ok(()) => tracing::info!(
+        match crate::statefile::remove(path) {
+            Ok(true) => tracing::info!(
                 instrument = %instrument.id(),
                 path = %path.display(),
                 "the record stream is new: resends of messages stored in the old one are stored again"
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(false) => {}
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "cannot remove the old file of stored messages")
             }
         }
         return Seen::new(capacity);
     }
-    let loaded = crate::statefile::read(path)
+    let what = "a file of stored HL7 messages";
+    let loaded = crate::statefile::load(path, what, SEEN_VERSION, |f: &SeenFile| f.version)
         .map_err(|e| e.to_string())
-        .and_then(|text| text.map_or(Ok(Seen::new(capacity)), |t| Seen::parse(&t, capacity)));
+        .and_then(|file| file.map_or(Ok(Seen::new(capacity)), |f| Seen::from_file(f, capacity)));
     match loaded {
         Ok(seen) => {
             if !seen.order.is_empty() {

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_ms;
 use crate::record::{ReadingBody, ScanLink};
+use crate::statefile::LoadError;
 
 /// The traces of all instruments; cheap to clone, one per agent.
 /// [`Trace::open`] keeps them on disk too; `Trace::default()` only in
@@ -38,23 +39,17 @@ use crate::record::{ReadingBody, ScanLink};
 /// await or a file write.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
-    state: Arc<Mutex<State>>,
+    scans: Arc<Mutex<BTreeMap<String, TracedScan>>>,
     file: Option<Arc<TraceFile>>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    scans: BTreeMap<String, TracedScan>,
-    /// Bumped by every scan: which snapshot of `scans` is newest.
-    generation: u64,
 }
 
 #[derive(Debug)]
 struct TraceFile {
     path: PathBuf,
-    /// The generation the file holds; a slower writer of an older
-    /// snapshot does not overwrite a newer one.
-    written: Mutex<u64>,
+    /// Held while the file is rendered and written: writers take turns,
+    /// and each writes the traces as they are when its turn comes, so the
+    /// last write holds the newest.
+    writing: Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,27 +96,6 @@ struct FileTrace {
 
 const VERSION: u32 = 1;
 
-/// Why the trace file could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceFileError {
-    /// Reading it failed.
-    #[error("reading {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// It is not a trace file of this version.
-    #[error("{path} is not a trace file kouan can read: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        message: String,
-    },
-}
-
 impl Trace {
     /// The traces of the agent whose store is `store`, kept in
     /// `<store>.trace.toml`. With `resume` (the store continues its
@@ -129,16 +103,16 @@ impl Trace {
     /// are taken up again; without it the file is removed.
     pub fn open(store: &Path, resume: bool) -> Trace {
         let path = crate::statefile::beside(store, "trace.toml");
-        let mut state = State::default();
+        let mut scans = BTreeMap::new();
         if resume {
             match load(&path, unix_ms()) {
-                Ok(scans) if !scans.is_empty() => {
+                Ok(loaded) if !loaded.is_empty() => {
                     tracing::info!(
                         path = %path.display(),
-                        traces = scans.len(),
+                        traces = loaded.len(),
                         "scans made before the restart still trace readings within their windows"
                     );
-                    state.scans = scans;
+                    scans = loaded;
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(
@@ -148,22 +122,22 @@ impl Trace {
                 ),
             }
         } else {
-            match std::fs::remove_file(&path) {
-                Ok(()) => tracing::info!(
+            match crate::statefile::remove(&path) {
+                Ok(true) => tracing::info!(
                     path = %path.display(),
                     "the record stream is new: scans of the old one trace no reading"
                 ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "cannot remove the old trace file")
                 }
             }
         }
         Trace {
-            state: Arc::new(Mutex::new(state)),
+            scans: Arc::new(Mutex::new(scans)),
             file: Some(Arc::new(TraceFile {
                 path,
-                written: Mutex::new(0),
+                writing: Mutex::new(()),
             })),
         }
     }
@@ -181,11 +155,11 @@ impl Trace {
         if instruments.is_empty() {
             return;
         }
-        let (generation, text) = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut scans = lock(&self.scans);
             let scanned_ms = unix_ms();
             for instrument in instruments {
-                state.scans.insert(
+                scans.insert(
                     instrument.clone(),
                     TracedScan {
                         scanner: scanner.to_owned(),
@@ -199,20 +173,15 @@ impl Trace {
                     },
                 );
             }
-            state.generation += 1;
-            (state.generation, render(&state.scans))
-        };
+        }
         let Some(file) = self.file.clone() else {
             return;
         };
+        let scans = self.scans.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let mut written = file.written.lock().unwrap_or_else(|e| e.into_inner());
-            if *written > generation {
-                return Ok::<(), crate::statefile::ReplaceError>(());
-            }
-            crate::statefile::replace(&file.path, text.as_bytes())?;
-            *written = generation;
-            Ok(())
+            let _turn = lock(&file.writing);
+            let text = render(&lock(&scans));
+            crate::statefile::replace(&file.path, text.as_bytes())
         })
         .await;
         match saved {
@@ -231,8 +200,8 @@ impl Trace {
     /// window; the scan's sample id fills `sample` when the instrument sent
     /// none.
     pub fn link(&self, instrument: &str, body: &mut ReadingBody) {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(scan) = state.scans.get(instrument) else {
+        let scans = lock(&self.scans);
+        let Some(scan) = scans.get(instrument) else {
             return;
         };
         let age = scan.age();
@@ -249,6 +218,10 @@ impl Trace {
             body.sample = scan.sample.clone();
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The file's text for `scans` (those still within their windows).
@@ -274,22 +247,11 @@ fn render(scans: &BTreeMap<String, TracedScan>) -> String {
 
 /// The traces in the file at `path` that are within their windows at the
 /// wall-clock time `now_ms`; none when there is no file.
-fn load(path: &Path, now_ms: i64) -> Result<BTreeMap<String, TracedScan>, TraceFileError> {
-    let text = crate::statefile::read(path).map_err(|source| TraceFileError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let Some(text) = text else {
+fn load(path: &Path, now_ms: i64) -> Result<BTreeMap<String, TracedScan>, LoadError> {
+    let what = "a trace file kouan can read";
+    let Some(file) = crate::statefile::load(path, what, VERSION, |f: &File| f.version)? else {
         return Ok(BTreeMap::new());
     };
-    let parse = |message: String| TraceFileError::Parse {
-        path: path.to_owned(),
-        message,
-    };
-    let file: File = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-    if file.version != VERSION {
-        return Err(parse(format!("version {} is not {VERSION}", file.version)));
-    }
     let now = Instant::now();
     Ok(file
         .traces
@@ -402,11 +364,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let scans = load(&path, now).unwrap();
         assert_eq!(scans.keys().collect::<Vec<_>>(), ["fresh"]);
-        let age = scans["fresh"].age();
-        assert!(
-            age >= Duration::from_secs(59) && age < Duration::from_secs(60),
-            "{age:?}"
-        );
+        assert_eq!(scans["fresh"].age_at, Duration::from_secs(59));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::NodeFields;
 use super::link::{Mark, Marks};
 use crate::record::{self, Kind};
+use crate::statefile::LoadError;
 use crate::store::Store;
 
 /// Records read from the store per query during [`recover`].
@@ -66,21 +67,16 @@ pub fn path(store: &Path, instrument: &str) -> PathBuf {
 
 /// Reads the watermarks; `None` when there is no file yet.
 pub fn load(path: &Path) -> Result<Option<Marks>, WatermarkError> {
-    let text = crate::statefile::read(path).map_err(|source| WatermarkError::Io {
-        action: "reading",
-        path: path.to_owned(),
-        source,
-    })?;
-    let Some(text) = text else { return Ok(None) };
-    let parse = |message: String| WatermarkError::Parse {
-        path: path.to_owned(),
-        message,
-    };
-    let file: File = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-    if file.version != VERSION {
-        return Err(parse(format!("version {} is not {VERSION}", file.version)));
-    }
-    Ok(Some(file.nodes))
+    let file = crate::statefile::load(path, "a node watermark file", VERSION, |f: &File| f.version)
+        .map_err(|e| match e {
+            LoadError::Io { path, source } => WatermarkError::Io {
+                action: "reading",
+                path,
+                source,
+            },
+            LoadError::Parse { path, message, .. } => WatermarkError::Parse { path, message },
+        })?;
+    Ok(file.map(|file| file.nodes))
 }
 
 /// Replaces the file with `marks`, durably and atomically.
